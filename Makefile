@@ -1,0 +1,37 @@
+# Entry points; see README.md. Every target runs inside .venv, created on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup test train-cpu benchmark-cpu table lab clean-venv
+
+setup: $(VENV)/.installed
+
+# Reinstall when the requirements or the package metadata change.
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+# Train the two CPU models of params/cpu.yaml on the real data, then time both at batch 1.
+train-cpu: setup
+	$(BIN)/cifar10-latency train plain_cnn --params cpu
+	$(BIN)/cifar10-latency train mobilenet_v3_small --params cpu
+
+benchmark-cpu: setup
+	$(BIN)/cifar10-latency benchmark weights/plain_cnn.safetensors --device cpu --step cli_cpu
+	$(BIN)/cifar10-latency benchmark weights/mobilenet_v3_small.safetensors --device cpu --step cli_cpu
+
+table: setup
+	$(BIN)/cifar10-latency table
+
+lab: setup
+	$(BIN)/jupyter lab notebooks/
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,39 @@
+"""Profiles in `params/*.yaml`: device, latency settings and one entry per trainable model."""
+
+from pathlib import Path
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PARAMS_DIR = PROJECT_ROOT / "params"
+
+
+def load_params(path_or_profile):
+    """Load a YAML profile from a path, or by name from `params/` (`cpu` reads `params/cpu.yaml`)."""
+    path = Path(path_or_profile)
+    if not path.suffix:
+        path = PARAMS_DIR / f"{path_or_profile}.yaml"
+    if not path.is_file():
+        available = ", ".join(sorted(p.stem for p in PARAMS_DIR.glob("*.yaml")))
+        raise FileNotFoundError(f"params file {path} not found; use a path or one of the profiles: {available}")
+    with open(path) as f:
+        params = yaml.safe_load(f) or {}
+    if not isinstance(params, dict):
+        raise ValueError(f"{path} must hold a YAML mapping at the top level, not {type(params).__name__}")
+    return params
+
+
+def model_entry(params, name):
+    """Return (architecture, model config, training config, weights path) of the entry `name`.
+
+    An entry may set `arch` to train a registered architecture under another name; it defaults to `name`.
+    """
+    entries = params.get("models", {})
+    if name not in entries:
+        raise ValueError(f"model {name!r} has no entry under 'models' in the params; entries: {', '.join(entries) or 'none'}")
+    entry = entries[name] or {}
+    unknown = set(entry) - {"arch", "config", "train", "weights"}
+    if unknown:
+        raise ValueError(f"model entry {name!r} has unknown key(s) {sorted(unknown)}; valid keys: arch, config, train, weights")
+    weights = PROJECT_ROOT / entry.get("weights", f"weights/{name}.safetensors")
+    return entry.get("arch", name), entry.get("config", {}) or {}, entry.get("train", {}) or {}, weights

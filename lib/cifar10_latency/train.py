@@ -1,0 +1,200 @@
+"""Training: SGD with Nesterov momentum, label smoothing, a step-wise LR schedule, mixed precision."""
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .augment import random_crop_flip
+from .data import normalize
+from .evaluate import evaluate
+from .models import build_model, init_whitening
+from .weights import load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 0.2  # peak learning rate
+    momentum: float = 0.9
+    weight_decay: float = 5e-4  # on conv and linear weights only, not on BatchNorm or biases
+    label_smoothing: float = 0.1
+    schedule: str = "warmup_linear"  # or "onecycle"
+    warmup_fraction: float = 0.15  # share of all steps spent ramping the LR up
+    final_lr_fraction: float = 0.0  # LR at the last step, relative to `lr`
+    amp: str = "auto"  # "auto", "off", "bf16" or "fp16"
+    channels_last: bool = True
+    crop_padding: int = 2  # random translation of up to this many pixels
+    # The first `low_res_epochs` train on random `low_res_size` crops: objects keep their scale,
+    # and each step costs about (low_res_size / 32)^2 of a full-size one, so more epochs fit the budget.
+    low_res_epochs: int = 0
+    low_res_size: int = 24
+    flip: bool = True
+    seed: int = 0
+    eval_every: int = 0  # evaluate on the test set every N epochs (0: only at the end)
+
+    @classmethod
+    def from_dict(cls, values):
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown training option(s) {sorted(unknown)}; valid options: {sorted(known)}")
+        config = cls(**values)
+        if config.schedule not in ("warmup_linear", "onecycle"):
+            raise ValueError(f"schedule {config.schedule!r} is invalid; use 'warmup_linear' or 'onecycle'")
+        if config.amp not in ("auto", "off", "bf16", "fp16"):
+            raise ValueError(f"amp {config.amp!r} is invalid; use 'auto', 'off', 'bf16' or 'fp16'")
+        if config.epochs < 1 or config.batch_size < 1:
+            raise ValueError(f"epochs={config.epochs} and batch_size={config.batch_size} must both be at least 1")
+        return config
+
+
+def lr_at(step, total_steps, config):
+    """LR for a 0-based step: a linear (or cosine, for onecycle) ramp up, then a decay to the final LR."""
+    warmup = max(1, round(config.warmup_fraction * total_steps))
+    final = config.final_lr_fraction * config.lr
+    if step < warmup:
+        progress = (step + 1) / warmup
+        if config.schedule == "onecycle":
+            return config.lr * (0.04 + 0.96 * (1 - math.cos(math.pi * progress)) / 2)
+        return config.lr * progress
+    progress = (step + 1 - warmup) / max(1, total_steps - warmup)
+    if config.schedule == "onecycle":
+        return final + (config.lr - final) * (1 + math.cos(math.pi * progress)) / 2
+    return config.lr + (final - config.lr) * progress
+
+
+def resolve_amp(amp, device):
+    """Pick the autocast dtype (or None for FP32) for `amp` on `device`."""
+    device = torch.device(device)
+    if amp == "off":
+        return None
+    if amp == "fp16":
+        return torch.float16
+    if amp == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # On a CPU without native bf16 (no AVX512-BF16 or AMX) oneDNN emulates it, which is slower than FP32.
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+
+def _optimizer(model, config):
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+
+
+def train(model_name, model_config, config, train_split, test_split, device="cpu", checkpoint_path=None, resume=True, stop_after_epoch=None):
+    """Train a registered model from scratch and return (model, summary).
+
+    With `checkpoint_path`, a checkpoint is written after each epoch, and `resume` continues from
+    it; augmentation and shuffling are seeded per epoch, so a resumed run ends with the same
+    weights as an uninterrupted one. `stop_after_epoch` ends early (used to test resuming).
+    """
+    device = torch.device(device)
+    torch.manual_seed(config.seed)
+    model = build_model(model_name, **model_config).to(device)
+    # A whitening stem is set from the training images; other models have no stem to set.
+    init_whitening(model, normalize(train_split.images[:10_000]))
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer = _optimizer(model, config)
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    amp_dtype = resolve_amp(config.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    steps_per_epoch = len(train_split) // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size {config.batch_size} is larger than the {len(train_split)} training images; lower it")
+    total_steps = steps_per_epoch * config.epochs
+
+    start_epoch, train_seconds, history = 0, 0.0, []
+    if checkpoint_path and resume and Path(checkpoint_path).is_file():
+        state = load_checkpoint(checkpoint_path, model, optimizer)
+        # The checkpoint went through JSON, so compare against the JSON form (tuples become lists).
+        expected = json.loads(json.dumps({"model": model_name, "model_config": model_config, "train_config": asdict(config)}))
+        if {key: state[key] for key in expected} != expected:
+            raise ValueError(f"checkpoint {checkpoint_path} was written for another model or config; delete it or use another run name")
+        start_epoch, train_seconds, history = state["epoch"], state["train_seconds"], state["history"]
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        log.info("Resuming %s from epoch %d of %d (%s)", model_name, start_epoch, config.epochs, checkpoint_path)
+
+    log.info(
+        "Training %s on %s: %d epochs x %d steps, batch %d, autocast %s, seed %d",
+        model_name, device, config.epochs, steps_per_epoch, config.batch_size, amp_dtype, config.seed,
+    )
+    generator = torch.Generator(device=device)
+    for epoch in range(start_epoch, config.epochs):
+        # Seeding per epoch makes the data order and augmentation independent of where a run resumed.
+        generator.manual_seed(config.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(train_split), device=device, generator=generator)
+        model.train()
+        epoch_start = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, mininterval=1.0)
+        for i in bar:
+            index = order[i * config.batch_size:(i + 1) * config.batch_size]
+            size = config.low_res_size if epoch < config.low_res_epochs else None
+            images = random_crop_flip(train_split.images[index], config.crop_padding, config.flip, generator, size)
+            inputs = normalize(images, memory_format=memory_format)
+            labels = train_split.labels[index]
+
+            step = epoch * steps_per_epoch + i
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, total_steps, config)
+
+            autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+            with autocast:
+                logits = model(inputs)
+                loss = criterion(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+
+            loss_sum += loss.detach()
+            correct += (logits.argmax(1) == labels).sum()
+            if i % 10 == 9 or i == steps_per_epoch - 1:
+                # .item() synchronises, so the bar reads the device only every few steps.
+                seen = (i + 1) * config.batch_size
+                bar.set_postfix(loss=f"{loss_sum.item() / (i + 1):.3f}", acc=f"{correct.item() / seen:.3f}",
+                                img_s=f"{seen / (time.perf_counter() - epoch_start):.0f}")
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        epoch_seconds = time.perf_counter() - epoch_start
+        train_seconds += epoch_seconds
+
+        record = {"epoch": epoch + 1, "loss": loss_sum.item() / steps_per_epoch,
+                  "train_accuracy": correct.item() / (steps_per_epoch * config.batch_size),
+                  "seconds": epoch_seconds, "lr_end": optimizer.param_groups[0]["lr"]}
+        if config.eval_every and (epoch + 1) % config.eval_every == 0 and epoch + 1 < config.epochs:
+            record["test_accuracy"] = evaluate(model, test_split, amp_dtype=amp_dtype, channels_last=config.channels_last)["accuracy"]
+        history.append(record)
+        log.info("epoch %d/%d: %s", epoch + 1, config.epochs, ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
+
+        if checkpoint_path:
+            save_checkpoint(checkpoint_path, model, optimizer, {
+                "model": model_name, "model_config": model_config, "train_config": asdict(config),
+                "epoch": epoch + 1, "train_seconds": train_seconds, "history": history, "scaler": scaler.state_dict(),
+            })
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+            break
+
+    summary = {"train_seconds": train_seconds, "epochs_done": len(history), "history": history,
+               "autocast_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
+               "images_per_second": steps_per_epoch * config.batch_size * len(history) / max(train_seconds, 1e-9)}
+    return model.eval(), summary

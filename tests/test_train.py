@@ -1,0 +1,238 @@
+import pytest
+import torch
+
+from cifar10_latency import train as train_module
+from cifar10_latency.train import TrainConfig, lr_at, resolve_amp, train
+
+from conftest import TINY_CONFIG
+
+# Small and deterministic: no autocast, so CPU runs repeat bit for bit.
+FAST = {"batch_size": 32, "amp": "off", "lr": 0.05}
+
+
+def run(train_split, test_split, epochs=2, model_config=TINY_CONFIG, **kwargs):
+    config = TrainConfig.from_dict({**FAST, "epochs": epochs})
+    return train("plain_cnn", model_config, config, train_split, test_split, device="cpu", **kwargs)
+
+
+def assert_same_state(first, second):
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.equal(first[key], second[key]), f"{key} differs"
+
+
+# Training loop
+
+
+def test_train_lowers_loss(train_split, test_split):
+    _, summary = run(train_split, test_split, epochs=3)
+    history = summary["history"]
+
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert history[-1]["train_accuracy"] > history[0]["train_accuracy"]
+
+
+def test_train_summary_fields(train_split, test_split):
+    model, summary = run(train_split, test_split, epochs=1)
+
+    assert summary["epochs_done"] == 1
+    assert summary["autocast_dtype"] == "fp32"
+    assert summary["train_seconds"] > 0
+    assert summary["images_per_second"] > 0
+    assert not model.training
+
+
+def test_train_eval_every_records(train_split, test_split):
+    config = TrainConfig.from_dict({**FAST, "epochs": 2, "eval_every": 1})
+
+    _, summary = train("plain_cnn", TINY_CONFIG, config, train_split, test_split)
+
+    # The last epoch is skipped because the caller evaluates the final model anyway.
+    assert 0.0 <= summary["history"][0]["test_accuracy"] <= 1.0
+    assert "test_accuracy" not in summary["history"][1]
+
+
+def test_train_whiten_stem_runs(train_split, test_split):
+    config = {"widths": [8, 16], "convs_per_stage": 1, "whiten_stem": True}
+
+    model, summary = run(train_split, test_split, epochs=1, model_config=config)
+
+    assert summary["epochs_done"] == 1
+    assert not model.stem.weight.requires_grad
+
+
+def test_train_batch_too_large(train_split, test_split):
+    config = TrainConfig.from_dict({**FAST, "epochs": 1, "batch_size": len(train_split) + 1})
+
+    with pytest.raises(ValueError) as error:
+        train("plain_cnn", TINY_CONFIG, config, train_split, test_split)
+
+    assert "batch_size" in str(error.value)
+
+
+def test_train_same_seed_repeats(train_split, test_split):
+    first, _ = run(train_split, test_split, epochs=1)
+    second, _ = run(train_split, test_split, epochs=1)
+
+    assert_same_state(first.state_dict(), second.state_dict())
+
+
+# Resuming from a checkpoint
+
+
+def test_resume_matches_uninterrupted(train_split, test_split, tmp_path, monkeypatch):
+    checkpoint = tmp_path / "run.safetensors"
+    straight, straight_summary = run(train_split, test_split, epochs=2)
+
+    half, half_summary = run(train_split, test_split, epochs=2, checkpoint_path=checkpoint, stop_after_epoch=1)
+    half_state = {k: v.clone() for k, v in half.state_dict().items()}
+    augmented_batches = []
+    original_augment = train_module.random_crop_flip
+
+    def counting_augment(*args, **kwargs):
+        augmented_batches.append(1)
+        return original_augment(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "random_crop_flip", counting_augment)
+    resumed, resumed_summary = run(train_split, test_split, epochs=2, checkpoint_path=checkpoint)
+
+    assert half_summary["epochs_done"] == 1
+    assert checkpoint.is_file()
+    # Only the second epoch ran again: one augmented batch per step of one epoch.
+    assert len(augmented_batches) == len(train_split) // FAST["batch_size"]
+    assert resumed_summary["epochs_done"] == 2
+    assert resumed_summary["history"][0] == half_summary["history"][0]
+    # The second epoch changed the weights, so the equality below is not trivial.
+    assert not torch.equal(half_state["classifier.weight"], resumed.state_dict()["classifier.weight"])
+    assert_same_state(straight.state_dict(), resumed.state_dict())
+    assert resumed_summary["history"][1]["loss"] == straight_summary["history"][1]["loss"]
+
+
+def test_resume_tuple_widths(train_split, test_split, tmp_path):
+    # A Python caller may pass widths as a tuple, like PlainCNN's own default. The checkpoint
+    # stores the config as JSON, which reads it back as a list.
+    checkpoint = tmp_path / "run.safetensors"
+    config = {"widths": (8, 16), "convs_per_stage": 1, "stem_width": 8}
+    run(train_split, test_split, epochs=2, model_config=config, checkpoint_path=checkpoint, stop_after_epoch=1)
+
+    _, summary = run(train_split, test_split, epochs=2, model_config=config, checkpoint_path=checkpoint)
+
+    assert summary["epochs_done"] == 2
+
+
+def test_resume_other_config_rejected(train_split, test_split, tmp_path):
+    checkpoint = tmp_path / "run.safetensors"
+    run(train_split, test_split, epochs=2, checkpoint_path=checkpoint, stop_after_epoch=1)
+    other = TrainConfig.from_dict({**FAST, "epochs": 2, "seed": 1})
+
+    with pytest.raises(ValueError) as error:
+        train("plain_cnn", TINY_CONFIG, other, train_split, test_split, checkpoint_path=checkpoint)
+
+    assert str(checkpoint) in str(error.value)
+
+
+def test_no_resume_starts_afresh(train_split, test_split, tmp_path):
+    checkpoint = tmp_path / "run.safetensors"
+    straight, _ = run(train_split, test_split, epochs=1)
+    run(train_split, test_split, epochs=2, checkpoint_path=checkpoint, stop_after_epoch=2)
+
+    fresh, summary = run(train_split, test_split, epochs=1, checkpoint_path=checkpoint, resume=False)
+
+    assert summary["epochs_done"] == 1
+    assert_same_state(straight.state_dict(), fresh.state_dict())
+
+
+# Configuration
+
+
+def test_config_defaults_valid():
+    config = TrainConfig.from_dict({})
+
+    assert config == TrainConfig()
+
+
+def test_config_unknown_key():
+    with pytest.raises(ValueError) as error:
+        TrainConfig.from_dict({"epochs": 1, "learning_rate": 0.1})
+
+    assert "learning_rate" in str(error.value)
+
+
+def test_config_bad_schedule():
+    with pytest.raises(ValueError) as error:
+        TrainConfig.from_dict({"schedule": "cosine"})
+
+    assert "cosine" in str(error.value)
+
+
+def test_config_bad_amp():
+    with pytest.raises(ValueError) as error:
+        TrainConfig.from_dict({"amp": "fp8"})
+
+    assert "fp8" in str(error.value)
+
+
+@pytest.mark.parametrize("values", [{"epochs": 0}, {"batch_size": 0}])
+def test_config_bad_sizes(values):
+    with pytest.raises(ValueError):
+        TrainConfig.from_dict(values)
+
+
+# Learning-rate schedule
+
+
+@pytest.mark.parametrize("schedule", ["warmup_linear", "onecycle"])
+def test_lr_warmup_rises(schedule):
+    config = TrainConfig(schedule=schedule, lr=0.2, warmup_fraction=0.2)
+    rates = [lr_at(step, 100, config) for step in range(20)]
+
+    assert all(a < b for a, b in zip(rates, rates[1:]))
+    assert rates[-1] == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("schedule", ["warmup_linear", "onecycle"])
+def test_lr_decay_falls(schedule):
+    config = TrainConfig(schedule=schedule, lr=0.2, warmup_fraction=0.2)
+    rates = [lr_at(step, 100, config) for step in range(20, 100)]
+
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+
+
+@pytest.mark.parametrize("schedule", ["warmup_linear", "onecycle"])
+@pytest.mark.parametrize("final_fraction", [0.0, 0.1])
+def test_lr_ends_at_final(schedule, final_fraction):
+    # TrainConfig documents final_lr_fraction as the LR at the last step, relative to lr.
+    config = TrainConfig(schedule=schedule, lr=0.2, warmup_fraction=0.15, final_lr_fraction=final_fraction)
+
+    assert lr_at(99, 100, config) == pytest.approx(0.2 * final_fraction, abs=1e-9)
+
+
+def test_lr_linear_warmup_values():
+    config = TrainConfig(schedule="warmup_linear", lr=0.2, warmup_fraction=0.1)
+
+    assert lr_at(0, 100, config) == pytest.approx(0.02)
+    assert lr_at(4, 100, config) == pytest.approx(0.1)
+
+
+def test_lr_onecycle_starts_low():
+    config = TrainConfig(schedule="onecycle", lr=0.2, warmup_fraction=0.5)
+
+    assert 0.04 * 0.2 <= lr_at(0, 1000, config) < 0.01
+
+
+def test_lr_single_step():
+    config = TrainConfig(lr=0.2)
+
+    assert lr_at(0, 1, config) == pytest.approx(0.2)
+
+
+# Autocast selection
+
+
+@pytest.mark.parametrize("amp, expected", [("off", None), ("fp16", torch.float16), ("bf16", torch.bfloat16)])
+def test_resolve_amp_explicit(amp, expected):
+    assert resolve_amp(amp, "cpu") is expected
+
+
+def test_resolve_amp_auto_cpu():
+    assert resolve_amp("auto", "cpu") in (None, torch.bfloat16)
