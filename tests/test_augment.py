@@ -121,3 +121,26 @@ def test_crop_flip_input_untouched():
     random_crop_flip(images, generator=torch.Generator().manual_seed(9))
 
     assert torch.equal(images, before)
+
+
+def test_crop_size_smaller_output():
+    images = random_batch(count=8)
+
+    out = random_crop_flip(images, padding=2, flip=True, generator=torch.Generator().manual_seed(10), size=24)
+
+    assert out.shape == (8, 3, 24, 24)
+
+
+def test_crop_size_window_of_own_image():
+    images = random_batch(count=8)
+
+    out = random_crop_flip(images, padding=0, flip=False, generator=torch.Generator().manual_seed(11), size=24)
+
+    for i in range(len(images)):
+        windows = [images[i, :, y:y + 24, x:x + 24] for y in range(9) for x in range(9)]
+        assert matches_any(out[i], windows), f"output {i} is no 24x24 window of input {i}"
+
+
+def test_crop_size_too_large():
+    with pytest.raises(ValueError, match="crop size 40"):
+        random_crop_flip(random_batch(count=2), padding=2, size=40)

@@ -3,7 +3,7 @@ import csv
 import numpy as np
 import pytest
 
-from cifar10_latency.results import COLUMNS, TABLE_COLUMNS, append_row, read_results, results_table, save_timings
+from cifar10_latency.results import COLUMNS, TABLE_COLUMNS, append_row, read_results, results_table, save_timings, to_markdown
 
 
 def result_row(variant="fp32", p95=1.0, step="s1", **extra):
@@ -214,3 +214,19 @@ def test_save_timings_npy(tmp_path):
     loaded = np.load(path)
     assert loaded.dtype == np.float32
     assert loaded.tolist() == times
+
+
+# Markdown rendering
+
+
+def test_markdown_header_and_rows(tmp_path):
+    path = tmp_path / "results.csv"
+    append_row(result_row("a", p95=1.23456), path)
+    append_row(result_row("b", p95=2.0), path)
+
+    lines = to_markdown(results_table(path)).splitlines()
+
+    assert lines[0] == "| " + " | ".join(TABLE_COLUMNS) + " |"
+    assert len(lines) == 4
+    assert "| 1.235 |" in lines[2]
+    assert "| 0.9000 |" in lines[2]

@@ -61,6 +61,36 @@ def test_train_whiten_stem_runs(train_split, test_split):
     assert not model.stem.weight.requires_grad
 
 
+def test_train_low_res_epochs_crop(train_split, test_split, monkeypatch):
+    sizes = []
+    original = train_module.random_crop_flip
+
+    def recording_augment(*args, **kwargs):
+        images = original(*args, **kwargs)
+        sizes.append(images.shape[-1])
+        return images
+
+    monkeypatch.setattr(train_module, "random_crop_flip", recording_augment)
+    config = TrainConfig.from_dict({**FAST, "epochs": 2, "low_res_epochs": 1, "low_res_size": 24})
+
+    train("plain_cnn", TINY_CONFIG, config, train_split, test_split)
+
+    steps = len(sizes) // 2
+    assert sizes[:steps] == [24] * steps
+    assert sizes[steps:] == [32] * steps
+
+
+def test_train_time_budget_stops(train_split, test_split):
+    config = TrainConfig.from_dict({**FAST, "epochs": 1000, "time_budget_s": 1.0})
+
+    _, summary = train("plain_cnn", TINY_CONFIG, config, train_split, test_split)
+
+    assert summary["epochs_done"] < 1000
+    assert 1.0 <= summary["train_seconds"] < 10.0
+    # The schedule is stretched over the projected steps, so the LR has decayed by the end.
+    assert summary["history"][-1]["lr_end"] < 0.5 * FAST["lr"]
+
+
 def test_train_batch_too_large(train_split, test_split):
     config = TrainConfig.from_dict({**FAST, "epochs": 1, "batch_size": len(train_split) + 1})
 

@@ -15,7 +15,7 @@ from .evaluate import evaluate
 from .experiment import PROJECT_ROOT, fit
 from .latency import DEFAULT_MEASURE_ITERS, DEFAULT_WARMUP_ITERS
 from .params import load_params, model_entry
-from .results import RESULTS_PATH, results_table
+from .results import RESULTS_PATH, results_table, to_markdown
 from .weights import WeightsError, load_weights
 
 log = logging.getLogger("cifar10_latency")
@@ -82,6 +82,9 @@ def cmd_table(args):
     import pandas as pd
 
     table = results_table(args.results, latest_only=not args.all)
+    if args.markdown:
+        print(to_markdown(table))
+        return
     with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200):
         print(table.drop(columns=["timestamp"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
@@ -127,6 +130,7 @@ def build_parser():
     table = commands.add_parser("table", help="print the comparison table from the results log")
     table.add_argument("--results", type=Path, default=RESULTS_PATH, help="results log to read")
     table.add_argument("--all", action="store_true", help="keep every row, not only the newest per variant")
+    table.add_argument("--markdown", action="store_true", help="print a Markdown table (for reports)")
     table.set_defaults(run=cmd_table)
     return parser
 

@@ -42,6 +42,7 @@ def fit(model_name, model_config, train_config, weights_path, data_root=None, de
         "test_images": plain["count"],
         "train_images": len(train_split),
         "train_seconds": summary["train_seconds"],
+        "epochs_equivalent": summary["epochs_equivalent"],
         "train_images_per_second": summary["images_per_second"],
         "autocast_dtype": summary["autocast_dtype"],
         "history": summary["history"],

@@ -113,3 +113,18 @@ def results_table(path=RESULTS_PATH, latest_only=True):
     if latest_only and len(df):
         df = df.sort_values("timestamp", kind="stable").drop_duplicates(["step", "model", "variant", "device", "tta"], keep="last")
     return df[TABLE_COLUMNS].sort_values(["step", "latency_p95_ms"]).reset_index(drop=True)
+
+
+def to_markdown(table):
+    """Render a results table as Markdown: latencies in ms to 3 decimals, accuracy as a fraction to 4."""
+    def cell(column, value):
+        if isinstance(value, float) and column.startswith("latency_"):
+            return f"{value:.3f}"
+        if column == "accuracy" and isinstance(value, float):
+            return f"{value:.4f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + " --- |" * len(table.columns)]
+    for row in table.itertuples(index=False):
+        lines.append("| " + " | ".join(cell(c, v) for c, v in zip(table.columns, row)) + " |")
+    return "\n".join(lines)

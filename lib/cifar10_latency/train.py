@@ -42,6 +42,10 @@ class TrainConfig:
     flip: bool = True
     seed: int = 0
     eval_every: int = 0  # evaluate on the test set every N epochs (0: only at the end)
+    # Wall-clock training budget in seconds (0: none). Training stops when it is spent, and the LR
+    # schedule is stretched over the number of steps the pace so far projects, so it still ends
+    # at the final LR; `epochs` becomes a cap. Runs with a budget are not bit-reproducible.
+    time_budget_s: float = 0.0
 
     @classmethod
     def from_dict(cls, values):
@@ -137,6 +141,8 @@ def train(model_name, model_config, config, train_split, test_split, device="cpu
         model_name, device, config.epochs, steps_per_epoch, config.batch_size, amp_dtype, config.seed,
     )
     generator = torch.Generator(device=device)
+    images_seen = sum(record.get("images", 0) for record in history)
+    out_of_time = False
     for epoch in range(start_epoch, config.epochs):
         # Seeding per epoch makes the data order and augmentation independent of where a run resumed.
         generator.manual_seed(config.seed * 1_000_003 + epoch)
@@ -146,14 +152,25 @@ def train(model_name, model_config, config, train_split, test_split, device="cpu
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, mininterval=1.0)
+        steps_done = 0
         for i in bar:
+            step = epoch * steps_per_epoch + i
+            if config.time_budget_s:
+                # NOTE: on CUDA this reads the host clock, which runs ahead of the queued kernels by
+                # at most a few steps because the progress bar synchronises every 10 steps.
+                elapsed = train_seconds + time.perf_counter() - epoch_start
+                if elapsed >= config.time_budget_s:
+                    out_of_time = True
+                    break
+                if step > 0:
+                    total_steps = min(steps_per_epoch * config.epochs, max(step + 1, round(step * config.time_budget_s / elapsed)))
+
             index = order[i * config.batch_size:(i + 1) * config.batch_size]
             size = config.low_res_size if epoch < config.low_res_epochs else None
             images = random_crop_flip(train_split.images[index], config.crop_padding, config.flip, generator, size)
             inputs = normalize(images, memory_format=memory_format)
             labels = train_split.labels[index]
 
-            step = epoch * steps_per_epoch + i
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, config)
 
@@ -168,6 +185,7 @@ def train(model_name, model_config, config, train_split, test_split, device="cpu
 
             loss_sum += loss.detach()
             correct += (logits.argmax(1) == labels).sum()
+            steps_done = i + 1
             if i % 10 == 9 or i == steps_per_epoch - 1:
                 # .item() synchronises, so the bar reads the device only every few steps.
                 seen = (i + 1) * config.batch_size
@@ -177,24 +195,32 @@ def train(model_name, model_config, config, train_split, test_split, device="cpu
             torch.cuda.synchronize()
         epoch_seconds = time.perf_counter() - epoch_start
         train_seconds += epoch_seconds
+        if steps_done == 0:
+            break
+        images_seen += steps_done * config.batch_size
 
-        record = {"epoch": epoch + 1, "loss": loss_sum.item() / steps_per_epoch,
-                  "train_accuracy": correct.item() / (steps_per_epoch * config.batch_size),
-                  "seconds": epoch_seconds, "lr_end": optimizer.param_groups[0]["lr"]}
-        if config.eval_every and (epoch + 1) % config.eval_every == 0 and epoch + 1 < config.epochs:
+        record = {"epoch": epoch + 1, "loss": loss_sum.item() / steps_done,
+                  "train_accuracy": correct.item() / (steps_done * config.batch_size),
+                  "seconds": epoch_seconds, "lr_end": optimizer.param_groups[0]["lr"],
+                  "images": steps_done * config.batch_size}
+        if config.eval_every and (epoch + 1) % config.eval_every == 0 and epoch + 1 < config.epochs and not out_of_time:
             record["test_accuracy"] = evaluate(model, test_split, amp_dtype=amp_dtype, channels_last=config.channels_last)["accuracy"]
         history.append(record)
-        log.info("epoch %d/%d: %s", epoch + 1, config.epochs, ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
+        log.info("epoch %d/%d: %s", epoch + 1, config.epochs, ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k not in ("epoch", "images")))
 
         if checkpoint_path:
             save_checkpoint(checkpoint_path, model, optimizer, {
                 "model": model_name, "model_config": model_config, "train_config": asdict(config),
                 "epoch": epoch + 1, "train_seconds": train_seconds, "history": history, "scaler": scaler.state_dict(),
             })
+        if out_of_time:
+            log.info("Time budget of %.0f s spent after %d steps of epoch %d", config.time_budget_s, steps_done, epoch + 1)
+            break
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
 
     summary = {"train_seconds": train_seconds, "epochs_done": len(history), "history": history,
                "autocast_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
-               "images_per_second": steps_per_epoch * config.batch_size * len(history) / max(train_seconds, 1e-9)}
+               "images_seen": images_seen, "epochs_equivalent": images_seen / len(train_split),
+               "images_per_second": images_seen / max(train_seconds, 1e-9)}
     return model.eval(), summary
