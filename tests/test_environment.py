@@ -92,7 +92,8 @@ def test_fingerprint_cpu_fields():
     assert info["device"] == "cpu"
     assert info["torch_version"] == torch.__version__
     assert info["threads"] == torch.get_num_threads()
-    assert f"({torch.get_num_threads()} threads)" in info["device_name"]
+    threads = torch.get_num_threads()
+    assert f"({threads} thread{'s' if threads != 1 else ''})" in info["device_name"]
     assert info["driver_version"] == ""
 
 

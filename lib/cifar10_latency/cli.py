@@ -21,9 +21,10 @@ from .weights import WeightsError, load_weights
 log = logging.getLogger("cifar10_latency")
 
 
-def _add_data_options(parser):
+def _add_data_options(parser, device_default="auto"):
     parser.add_argument("--data-root", help="folder that contains cifar-10-batches-py/ (default: $CIFAR10_ROOT, data/, ../shared/cifar10)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available; default)")
+    parser.add_argument("--device", default=device_default,
+                        help="cpu, cuda, cuda:N or auto (CUDA when available); default: " + (device_default or "the params file's, else auto"))
     parser.add_argument("--test-limit", type=int, help="use only the first N test images (quick checks)")
 
 
@@ -38,13 +39,13 @@ def cmd_train(args):
     params = load_params(args.params)
     _set_threads(args.threads or params.get("threads"))
     arch, model_config, train_config, weights = model_entry(params, args.model)
-    for key in ("epochs", "seed", "batch_size"):
+    for key in ("epochs", "seed", "batch_size", "time_budget_s"):
         if getattr(args, key) is not None:
             train_config[key] = getattr(args, key)
     weights = Path(args.weights) if args.weights else weights
     checkpoint = PROJECT_ROOT / "runs" / "checkpoints" / f"{weights.stem}.safetensors"
     _, info = fit(arch, model_config, train_config, weights, data_root=args.data_root or params.get("data_root"),
-                  device=args.device, checkpoint_path=checkpoint, resume=not args.no_resume,
+                  device=args.device or params.get("device", "auto"), checkpoint_path=checkpoint, resume=not args.no_resume,
                   train_limit=args.train_limit, test_limit=args.test_limit)
     print(f"{args.model}: accuracy {info['accuracy']:.4f} (with flip averaging {info['accuracy_tta']:.4f}), "
           f"{info['train_seconds']:.0f} s of training, {info['params']:,} parameters -> {weights}")
@@ -100,10 +101,12 @@ def build_parser():
     train.add_argument("--epochs", type=int, help="override the entry's number of epochs")
     train.add_argument("--batch-size", type=int, help="override the entry's batch size")
     train.add_argument("--seed", type=int, help="override the entry's seed")
+    train.add_argument("--time-budget", dest="time_budget_s", type=float,
+                       help="override the entry's training budget in seconds (0: train for all epochs)")
     train.add_argument("--threads", type=int, help="torch intra-op threads (default: the profile's, else torch's)")
     train.add_argument("--train-limit", type=int, help="use only the first N training images (quick checks)")
     train.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint and start afresh")
-    _add_data_options(train)
+    _add_data_options(train, device_default=None)
     train.set_defaults(run=cmd_train)
 
     evaluate_parser = commands.add_parser("evaluate", help="test-set accuracy, overall and per class")

@@ -63,6 +63,7 @@ def environment_fingerprint(device):
         info["device_name"] = torch.cuda.get_device_name(device)
         info["driver_version"] = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]).split("\n")[0]
     else:
-        info["device_name"] = f"{cpu_name()} ({torch.get_num_threads()} threads)"
+        threads = torch.get_num_threads()
+        info["device_name"] = f"{cpu_name()} ({threads} thread{'s' if threads != 1 else ''})"
         info["driver_version"] = ""
     return info
