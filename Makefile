@@ -24,8 +24,12 @@ train-cpu: setup
 	$(BIN)/cifar10-latency train mobilenet_v3_small --params cpu
 
 benchmark-cpu: setup
-	$(BIN)/cifar10-latency benchmark weights/plain_cnn.safetensors --device cpu --step cli_cpu
-	$(BIN)/cifar10-latency benchmark weights/mobilenet_v3_small.safetensors --device cpu --step cli_cpu
+	for model in plain_cnn mobilenet_v3_small; do \
+	  for threads in 2 1; do \
+	    $(BIN)/cifar10-latency benchmark weights/$$model.safetensors --device cpu --threads $$threads \
+	      --step cli_cpu --variant fp32_$${threads}thread || exit 1; \
+	  done; \
+	done
 
 table: setup
 	$(BIN)/cifar10-latency table

@@ -9,6 +9,7 @@ import yaml
 
 from cifar10_latency import benchmark as benchmark_module
 from cifar10_latency import cli
+from cifar10_latency.experiment import checkpoint_path_for
 from cifar10_latency.results import COLUMNS, read_results, save_timings
 from cifar10_latency.weights import sidecar_path
 
@@ -33,14 +34,14 @@ def trained(tmp_path_factory, cifar_str):
     stem = f"pytest-{uuid.uuid4().hex[:10]}"
     weights = folder / f"{stem}.safetensors"
     params = write_params(folder / "params.yaml")
-    checkpoint = PROJECT_ROOT / "runs" / "checkpoints" / f"{stem}.safetensors"
+    checkpoint = checkpoint_path_for(weights)
     argv = ["train", "tiny", "--params", str(params), "--weights", str(weights),
             "--data-root", str(cifar_str.root), "--device", "cpu"]
 
     code = cli.main(argv)
-    checkpoint_written = checkpoint.is_file()
+    checkpoint_left = checkpoint.is_file()
     checkpoint.unlink(missing_ok=True)
-    return {"code": code, "weights": weights, "checkpoint_written": checkpoint_written, "root": cifar_str.root}
+    return {"code": code, "weights": weights, "checkpoint_left": checkpoint_left, "root": cifar_str.root}
 
 
 @pytest.fixture(autouse=True)
@@ -90,8 +91,18 @@ def test_train_sidecar_describes_run(trained):
     assert len(info["history"]) == 1
 
 
-def test_train_writes_checkpoint(trained):
-    assert trained["checkpoint_written"]
+def test_train_removes_finished_checkpoint(trained):
+    # A finished run deletes its checkpoint, so the same command retrains instead of resuming.
+    assert trained["code"] == 0
+    assert not trained["checkpoint_left"]
+
+
+def test_checkpoint_path_differs_by_folder(tmp_path):
+    first = checkpoint_path_for(tmp_path / "a" / "plain_cnn.safetensors")
+    second = checkpoint_path_for(tmp_path / "b" / "plain_cnn.safetensors")
+
+    assert first != second
+    assert first.name.startswith("plain_cnn-")
 
 
 def test_train_prints_summary(capsys, tmp_path, cifar_str, checkpoint_stem):
@@ -330,4 +341,51 @@ def test_benchmark_foreign_log(capsys, tmp_path, trained):
 
     assert_clean_error(code, err)
     assert results.read_text() == "a,b\n1,2\n"
-    assert COLUMNS[0] in err
+    assert "not those of a results log" in err
+
+
+def test_benchmark_results_folder_rejected(capsys, tmp_path, trained):
+    code, _, err = run_cli(capsys, ["benchmark", trained["weights"], "--data-root", trained["root"],
+                                    "--device", "cpu", "--results", tmp_path])
+
+    assert_clean_error(code, err)
+    assert "is a folder" in err
+
+
+def test_table_foreign_csv(capsys, tmp_path):
+    results = tmp_path / "other.csv"
+    results.write_text("a,b,c\n1,2,3\n")
+
+    code, _, err = run_cli(capsys, ["table", "--results", results])
+
+    assert_clean_error(code, err)
+    assert "not those of a results log" in err
+
+
+def test_train_yaml_syntax_error(capsys, tmp_path, checkpoint_stem):
+    params = tmp_path / "broken.yaml"
+    params.write_text("models: [unclosed\n")
+
+    code, _, err = run_cli(capsys, ["train", "tiny", "--params", params,
+                                    "--weights", tmp_path / f"{checkpoint_stem}.safetensors"])
+
+    assert_clean_error(code, err)
+    assert "not valid YAML" in err
+
+
+def test_train_unknown_top_level_key(capsys, tmp_path, checkpoint_stem):
+    params = tmp_path / "typo.yaml"
+    params.write_text(yaml.safe_dump({"thread": 2, "models": {"tiny": {}}}))
+
+    code, _, err = run_cli(capsys, ["train", "tiny", "--params", params,
+                                    "--weights", tmp_path / f"{checkpoint_stem}.safetensors"])
+
+    assert_clean_error(code, err)
+    assert "thread" in err
+
+
+def test_negative_test_limit_rejected(capsys, trained):
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", str(trained["weights"]), "--test-limit", "-5"])
+
+    assert "not a positive integer" in capsys.readouterr().err

@@ -188,6 +188,24 @@ def test_config_unknown_key():
     assert "learning_rate" in str(error.value)
 
 
+def test_config_converts_yaml_strings():
+    # YAML reads 5e-4 (no dot) as a string.
+    config = TrainConfig.from_dict({"weight_decay": "5e-4", "epochs": "3"})
+
+    assert config.weight_decay == 5e-4
+    assert config.epochs == 3
+
+
+def test_config_rejects_bad_number():
+    with pytest.raises(ValueError, match="epochs='two'"):
+        TrainConfig.from_dict({"epochs": "two"})
+
+
+def test_config_rejects_string_bool():
+    with pytest.raises(ValueError, match="flip"):
+        TrainConfig.from_dict({"flip": "false"})
+
+
 def test_config_bad_schedule():
     with pytest.raises(ValueError) as error:
         TrainConfig.from_dict({"schedule": "cosine"})

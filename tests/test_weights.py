@@ -110,7 +110,7 @@ def test_load_mismatched_widths(saved):
 
     assert str(path) in str(error.value)
     assert "PlainCNN" in str(error.value)
-    assert "size mismatch" in str(error.value)
+    assert "shape mismatches" in str(error.value)
 
 
 def test_load_sidecar_wrong_widths(saved):
@@ -222,3 +222,11 @@ def test_checkpoint_other_model(tmp_path, tiny_model):
 
     with pytest.raises(WeightsError):
         load_checkpoint(path, other, torch.optim.SGD(other.parameters(), lr=0.1))
+
+
+def test_sidecar_not_object(saved):
+    _, path = saved
+    sidecar_path(path).write_text("5")
+
+    with pytest.raises(WeightsError, match="not an object"):
+        load_weights(path)

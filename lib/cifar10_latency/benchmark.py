@@ -43,7 +43,11 @@ def benchmark(model, test_split, step, model_name, variant, precision="fp32", ch
     `model` must already sit on the test split's device (and be compiled, when `compile_mode` says so).
     Returns the logged row.
     """
+    if warmup_iters < 0 or measure_iters < 1:
+        raise ValueError(f"warmup_iters={warmup_iters} and measure_iters={measure_iters}: need warmup_iters >= 0 and measure_iters >= 1")
     device = test_split.images.device
+    if device.type == "cpu" and precision != "fp32" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        log.warning("%s on a CPU without AVX512-BF16 or AMX runs emulated and is usually much slower than fp32", precision)
     if threads is not None:
         torch.set_num_threads(threads)
     model, input_dtype, amp_dtype = prepare_variant(model, precision, channels_last)
@@ -75,11 +79,17 @@ def benchmark(model, test_split, step, model_name, variant, precision="fp32", ch
         "dataset_sha256": test_split.sha256,
         "seed": seed,
         "weights": weights,
-        "timings_file": save_timings(run_id, result.times_ms, timings_dir).name,
+        "timings_file": f"{run_id}.npy",
         "notes": notes,
         **{key: environment[key] for key in ("git_commit", "device", "device_name", "torch_version",
                                              "torchvision_version", "cuda_version", "cudnn_version", "driver_version")},
     }
     if report["count"] != 10_000:
         row["notes"] = (notes + "; " if notes else "") + f"accuracy over {report['count']} test images only"
-    return append_row(row, results_path)
+    timings_path = save_timings(run_id, result.times_ms, timings_dir)
+    try:
+        return append_row(row, results_path)
+    except (OSError, ValueError):
+        # Without its row the timings file would be an orphan.
+        timings_path.unlink(missing_ok=True)
+        raise

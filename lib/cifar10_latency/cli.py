@@ -12,20 +12,34 @@ from .benchmark import PRECISIONS, benchmark
 from .data import CLASSES, DatasetError, load_test
 from .environment import resolve_device
 from .evaluate import evaluate
-from .experiment import PROJECT_ROOT, fit
+from .experiment import PROJECT_ROOT, checkpoint_path_for, fit
 from .latency import DEFAULT_MEASURE_ITERS, DEFAULT_WARMUP_ITERS
 from .params import load_params, model_entry
-from .results import RESULTS_PATH, results_table, to_markdown
+from .results import RESULTS_PATH, check_header, results_table, to_markdown
 from .weights import WeightsError, load_weights
 
 log = logging.getLogger("cifar10_latency")
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
 
 
 def _add_data_options(parser, device_default="auto"):
     parser.add_argument("--data-root", help="folder that contains cifar-10-batches-py/ (default: $CIFAR10_ROOT, data/, ../shared/cifar10)")
     parser.add_argument("--device", default=device_default,
                         help="cpu, cuda, cuda:N or auto (CUDA when available); default: " + (device_default or "the params file's, else auto"))
-    parser.add_argument("--test-limit", type=int, help="use only the first N test images (quick checks)")
+    parser.add_argument("--test-limit", type=_positive_int, help="use only the first N test images (quick checks)")
 
 
 def _set_threads(threads):
@@ -43,7 +57,7 @@ def cmd_train(args):
         if getattr(args, key) is not None:
             train_config[key] = getattr(args, key)
     weights = Path(args.weights) if args.weights else weights
-    checkpoint = PROJECT_ROOT / "runs" / "checkpoints" / f"{weights.stem}.safetensors"
+    checkpoint = checkpoint_path_for(weights)
     _, info = fit(arch, model_config, train_config, weights, data_root=args.data_root or params.get("data_root"),
                   device=args.device or params.get("device", "auto"), checkpoint_path=checkpoint, resume=not args.no_resume,
                   train_limit=args.train_limit, test_limit=args.test_limit)
@@ -57,6 +71,8 @@ def cmd_evaluate(args):
     test = load_test(args.data_root, device, limit=args.test_limit)
     report = evaluate(model, test, tta=args.tta)
     if args.json:
+        # A class absent from a limited test set has accuracy NaN, which JSON cannot hold: write null.
+        report["per_class"] = [None if value != value else value for value in report["per_class"]]
         print(json.dumps(report, indent=2))
         return
     print(f"{info['model']} on {report['count']} test images, flip averaging {'on' if args.tta else 'off'}: accuracy {report['accuracy']:.4f}")
@@ -65,11 +81,17 @@ def cmd_evaluate(args):
 
 
 def cmd_benchmark(args):
+    # Check the log before the minutes of measuring, so a bad path cannot waste them.
+    if args.results.is_dir():
+        raise ValueError(f"--results {args.results} is a folder; give a .csv file path")
+    if args.results.is_file():
+        check_header(args.results)
     _set_threads(args.threads)
     device = resolve_device(args.device)
     model, info = load_weights(args.weights, device)
     test = load_test(args.data_root, device, limit=args.test_limit)
-    row = benchmark(model, test, step=args.step, model_name=info["model"], variant=args.variant or args.precision,
+    variant = args.variant or "_".join([args.precision] + ["channels_last"] * args.channels_last + ["tta"] * args.tta)
+    row = benchmark(model, test, step=args.step, model_name=info["model"], variant=variant,
                     precision=args.precision, channels_last=args.channels_last, tta=args.tta,
                     warmup_iters=args.warmup_iters, measure_iters=args.measure_iters,
                     seed=info.get("seed", ""), weights=str(args.weights), results_path=args.results,
@@ -91,20 +113,20 @@ def cmd_table(args):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="cifar10-latency", description=__doc__)
+    parser = argparse.ArgumentParser(prog="cifar10-latency", description="Train CIFAR-10 models, evaluate them and time them at batch 1.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a model from scratch and save safetensors weights")
     train.add_argument("model", help="an entry under 'models' in the params file, e.g. plain_cnn")
     train.add_argument("--params", default="cpu", help="profile name in params/ or a YAML path (default: cpu)")
     train.add_argument("--weights", help="output .safetensors path (default: the entry's, else weights/<model>.safetensors)")
-    train.add_argument("--epochs", type=int, help="override the entry's number of epochs")
-    train.add_argument("--batch-size", type=int, help="override the entry's batch size")
+    train.add_argument("--epochs", type=_positive_int, help="override the entry's number of epochs")
+    train.add_argument("--batch-size", type=_positive_int, help="override the entry's batch size")
     train.add_argument("--seed", type=int, help="override the entry's seed")
     train.add_argument("--time-budget", dest="time_budget_s", type=float,
                        help="override the entry's training budget in seconds (0: train for all epochs)")
-    train.add_argument("--threads", type=int, help="torch intra-op threads (default: the profile's, else torch's)")
-    train.add_argument("--train-limit", type=int, help="use only the first N training images (quick checks)")
+    train.add_argument("--threads", type=_positive_int, help="torch intra-op threads (default: the profile's, else torch's)")
+    train.add_argument("--train-limit", type=_positive_int, help="use only the first N training images (quick checks)")
     train.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint and start afresh")
     _add_data_options(train, device_default=None)
     train.set_defaults(run=cmd_train)
@@ -121,17 +143,17 @@ def build_parser():
     bench.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="weights/input dtype or autocast (default: fp32)")
     bench.add_argument("--channels-last", action="store_true", help="run in the channels_last memory format")
     bench.add_argument("--tta", action="store_true", help="time and score with flip averaging (two forward passes)")
-    bench.add_argument("--warmup-iters", type=int, default=DEFAULT_WARMUP_ITERS, help=f"untimed iterations first (default: {DEFAULT_WARMUP_ITERS})")
-    bench.add_argument("--measure-iters", type=int, default=DEFAULT_MEASURE_ITERS, help=f"timed iterations (default: {DEFAULT_MEASURE_ITERS})")
-    bench.add_argument("--threads", type=int, help="torch intra-op threads for CPU timing (default: torch's, logged)")
+    bench.add_argument("--warmup-iters", type=_non_negative_int, default=DEFAULT_WARMUP_ITERS, help=f"untimed iterations first (default: {DEFAULT_WARMUP_ITERS})")
+    bench.add_argument("--measure-iters", type=_positive_int, default=DEFAULT_MEASURE_ITERS, help=f"timed iterations (default: {DEFAULT_MEASURE_ITERS})")
+    bench.add_argument("--threads", type=_positive_int, help="torch intra-op threads for CPU timing (default: torch's, logged)")
     bench.add_argument("--step", default="cli", help="step label in the log, e.g. 01_baseline_speed (default: cli)")
-    bench.add_argument("--variant", help="variant label in the log (default: the precision)")
+    bench.add_argument("--variant", help="variant label in the log (default: precision, plus _channels_last and _tta when set)")
     bench.add_argument("--results", type=Path, default=RESULTS_PATH, help=f"results log (default: {RESULTS_PATH.relative_to(PROJECT_ROOT)})")
     _add_data_options(bench)
     bench.set_defaults(run=cmd_benchmark)
 
     table = commands.add_parser("table", help="print the comparison table from the results log")
-    table.add_argument("--results", type=Path, default=RESULTS_PATH, help="results log to read")
+    table.add_argument("--results", type=Path, default=RESULTS_PATH, help=f"results log to read (default: {RESULTS_PATH.relative_to(PROJECT_ROOT)})")
     table.add_argument("--all", action="store_true", help="keep every row, not only the newest per variant")
     table.add_argument("--markdown", action="store_true", help="print a Markdown table (for reports)")
     table.set_defaults(run=cmd_table)
@@ -143,9 +165,12 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         args.run(args)
-    except (DatasetError, WeightsError, FileNotFoundError, ValueError, RuntimeError) as error:
+    except (DatasetError, WeightsError, ValueError, RuntimeError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same train command to resume from the last epoch checkpoint", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -79,7 +79,7 @@ def resolve_root(root=None, download=True):
     A root given explicitly must hold the data. When no default holds it, the official archive
     is downloaded into `data/` by torchvision, which checks its md5.
     """
-    for source, value in [("the root option", root), ("CIFAR10_ROOT", os.environ.get("CIFAR10_ROOT"))]:
+    for source, value in [("--data-root (or data_root in the params)", root), ("CIFAR10_ROOT", os.environ.get("CIFAR10_ROOT"))]:
         if value:
             path = Path(value).expanduser()
             if path.name == BATCHES_DIR:
@@ -190,6 +190,7 @@ def load_cifar10(root=None, device="cpu", train_limit=None, test_limit=None, dow
 def load_test(root=None, device="cpu", limit=None, download=True):
     """Return only the test split, for evaluation and timing."""
     root = resolve_root(root, download=download)
+    log.info("Loading the CIFAR-10 test split from %s", root)
     return load_split(root, train=False, limit=limit).to(device)
 
 

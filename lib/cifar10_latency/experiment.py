@@ -1,5 +1,6 @@
 """One model from scratch to saved weights: load data, train, evaluate, write safetensors and sidecar."""
 
+import hashlib
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -14,6 +15,13 @@ from .weights import save_weights
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def checkpoint_path_for(weights_path):
+    """Checkpoint file of the run that writes `weights_path`; the path hash keeps same-named outputs apart."""
+    weights_path = Path(weights_path).resolve()
+    digest = hashlib.sha256(str(weights_path).encode()).hexdigest()[:10]
+    return PROJECT_ROOT / "runs" / "checkpoints" / f"{weights_path.stem}-{digest}.safetensors"
 
 
 def fit(model_name, model_config, train_config, weights_path, data_root=None, device="auto",
@@ -55,4 +63,7 @@ def fit(model_name, model_config, train_config, weights_path, data_root=None, de
     }
     save_weights(model, weights_path, info)
     log.info("Saved %s and its sidecar", weights_path)
+    if checkpoint_path:
+        # The run is complete, so the same command later trains afresh instead of resuming a finished run.
+        Path(checkpoint_path).unlink(missing_ok=True)
     return model, info

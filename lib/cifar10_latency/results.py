@@ -28,8 +28,11 @@ COLUMNS = [
 
 TABLE_COLUMNS = [
     "step", "model", "variant", "device", "device_name", "precision", "memory_format", "compile_mode", "tta",
-    "accuracy", "latency_mean_ms", "latency_p95_ms", "latency_p99_ms", "params", "size_bytes", "timestamp",
+    "threads", "accuracy", "latency_mean_ms", "latency_p95_ms", "latency_p99_ms", "measure_iters", "params",
+    "size_bytes", "notes", "timestamp",
 ]
+# Rows that agree on all of these measure the same variant; the table keeps the newest of them.
+VARIANT_KEY = ["step", "model", "variant", "device", "precision", "memory_format", "compile_mode", "tta", "threads"]
 
 
 def new_run_id():
@@ -43,6 +46,15 @@ def save_timings(run_id, times_ms, directory=TIMINGS_DIR):
     path = directory / f"{run_id}.npy"
     np.save(path, np.asarray(times_ms, dtype=np.float32))
     return path
+
+
+def check_header(path):
+    """Raise ValueError unless the CSV at `path` starts with this version's results header."""
+    with open(path, newline="") as f:
+        header = next(csv.reader(f), [])
+    if header != COLUMNS:
+        raise ValueError(f"{path} has columns {header[:5]}{'...' if len(header) > 5 else ''}, not those of a results log; "
+                         f"move it aside to start a new log, or pass another --results path")
 
 
 def append_row(row, path=RESULTS_PATH):
@@ -61,10 +73,7 @@ def append_row(row, path=RESULTS_PATH):
     is_new = not path.exists() or path.stat().st_size == 0
     ends_mid_line = False
     if not is_new:
-        with open(path, newline="") as f:
-            header = next(csv.reader(f), [])
-        if header != COLUMNS:
-            raise ValueError(f"{path} has columns {header}, not the expected {COLUMNS}; move it aside and rerun to start a new log")
+        check_header(path)
         with open(path, "rb") as f:
             f.seek(-1, os.SEEK_END)
             ends_mid_line = f.read(1) != b"\n"
@@ -91,6 +100,8 @@ def read_results(path=RESULTS_PATH):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"results log {path} not found; run `cifar10-latency benchmark` to create it")
+    if path.stat().st_size:
+        check_header(path)
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     header, body = (rows[0], rows[1:]) if rows else (COLUMNS, [])
@@ -104,14 +115,15 @@ def read_results(path=RESULTS_PATH):
 
 
 def results_table(path=RESULTS_PATH, latest_only=True):
-    """Comparison table: one row per (step, model, variant, device, tta), fastest p95 first within a step.
+    """Comparison table: one row per variant (see VARIANT_KEY), fastest p95 first within a step.
 
     With `latest_only`, a variant measured more than once keeps its newest row; the log itself
     keeps them all.
     """
     df = read_results(path)
+    df["notes"] = df["notes"].astype(object).fillna("")
     if latest_only and len(df):
-        df = df.sort_values("timestamp", kind="stable").drop_duplicates(["step", "model", "variant", "device", "tta"], keep="last")
+        df = df.sort_values("timestamp", kind="stable").drop_duplicates(VARIANT_KEY, keep="last")
     return df[TABLE_COLUMNS].sort_values(["step", "latency_p95_ms"]).reset_index(drop=True)
 
 

@@ -53,7 +53,18 @@ class TrainConfig:
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown training option(s) {sorted(unknown)}; valid options: {sorted(known)}")
-        config = cls(**values)
+        converted = {}
+        for field in fields(cls):
+            if field.name in values:
+                kind = type(field.default)
+                if kind is bool and not isinstance(values[field.name], bool):
+                    raise ValueError(f"training option {field.name}={values[field.name]!r} is invalid: expected true or false")
+                try:
+                    # YAML reads 5e-4 as a string, so numbers are converted to the field's type.
+                    converted[field.name] = values[field.name] if kind is str else kind(values[field.name])
+                except (TypeError, ValueError) as error:
+                    raise ValueError(f"training option {field.name}={values[field.name]!r} is invalid: expected {kind.__name__}") from error
+        config = cls(**converted)
         if config.schedule not in ("warmup_linear", "onecycle"):
             raise ValueError(f"schedule {config.schedule!r} is invalid; use 'warmup_linear' or 'onecycle'")
         if config.amp not in ("auto", "off", "bf16", "fp16"):
@@ -128,9 +139,11 @@ def train(model_name, model_config, config, train_split, test_split, device="cpu
     if checkpoint_path and resume and Path(checkpoint_path).is_file():
         state = load_checkpoint(checkpoint_path, model, optimizer)
         # The checkpoint went through JSON, so compare against the JSON form (tuples become lists).
-        expected = json.loads(json.dumps({"model": model_name, "model_config": model_config, "train_config": asdict(config)}))
+        expected = json.loads(json.dumps({"model": model_name, "model_config": model_config, "train_config": asdict(config),
+                                          "train_images": len(train_split), "train_sha256": train_split.sha256}))
         if {key: state[key] for key in expected} != expected:
-            raise ValueError(f"checkpoint {checkpoint_path} was written for another model or config; delete it or use another run name")
+            raise ValueError(f"checkpoint {checkpoint_path} was written for another model, config or training set; "
+                             f"rerun with --no-resume or delete it")
         start_epoch, train_seconds, history = state["epoch"], state["train_seconds"], state["history"]
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
@@ -211,7 +224,7 @@ def train(model_name, model_config, config, train_split, test_split, device="cpu
         if checkpoint_path:
             save_checkpoint(checkpoint_path, model, optimizer, {
                 "model": model_name, "model_config": model_config, "train_config": asdict(config),
-                "epoch": epoch + 1, "train_seconds": train_seconds, "history": history, "scaler": scaler.state_dict(),
+                "train_images": len(train_split), "train_sha256": train_split.sha256, "epoch": epoch + 1, "train_seconds": train_seconds, "history": history, "scaler": scaler.state_dict(),
             })
         if out_of_time:
             log.info("Time budget of %.0f s spent after %d steps of epoch %d", config.time_budget_s, steps_done, epoch + 1)

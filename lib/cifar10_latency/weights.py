@@ -21,6 +21,8 @@ def _atomic_save(tensors, path, metadata=None):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    # safetensors creates the file readable by its owner only; weights are meant to be shared.
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
@@ -48,11 +50,15 @@ def read_info(path):
         raise WeightsError(f"{sidecar} is missing; it records which model {path} belongs to. Retrain, or restore the file beside the weights.")
     try:
         info = json.loads(sidecar.read_text())
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise WeightsError(f"{sidecar} is not valid JSON ({error}); restore it or retrain.") from error
+    if not isinstance(info, dict):
+        raise WeightsError(f"{sidecar} holds a JSON {type(info).__name__}, not an object; restore it or retrain.")
     missing = [key for key in ("model", "model_config") if key not in info]
     if missing:
         raise WeightsError(f"{sidecar} lacks {', '.join(missing)}, so the model cannot be rebuilt; restore the sidecar or retrain.")
+    if not isinstance(info["model_config"], dict):
+        raise WeightsError(f"{sidecar}: model_config is {info['model_config']!r}, not a JSON object; restore it or retrain.")
     return info
 
 
@@ -65,10 +71,18 @@ def load_state(model, path):
         state = load_file(str(path))
     except (SafetensorError, OSError) as error:
         raise WeightsError(f"{path} is not a readable safetensors file ({error}); retrain or restore it.") from error
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise WeightsError(f"{path} does not match {type(model).__name__}: {error}") from error
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    reshaped = [key for key in expected if key in state and state[key].shape != expected[key].shape]
+    if missing or unexpected or reshaped:
+        def sample(keys):
+            return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+        problems = [f"{len(keys)} {what} ({sample(keys)})" for what, keys in
+                    (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", reshaped)) if keys]
+        raise WeightsError(f"{path} does not match {type(model).__name__}: {'; '.join(problems)}. "
+                           f"Check that the sidecar names the model these weights were trained as.")
+    model.load_state_dict(state, strict=True)
     return model
 
 
@@ -77,7 +91,10 @@ def load_weights(path, device="cpu"):
     if not Path(path).is_file():
         raise WeightsError(f"weights file {path} not found; train the model first or check the path.")
     info = read_info(path)
-    model = build_model(info["model"], **info["model_config"])
+    try:
+        model = build_model(info["model"], **info["model_config"])
+    except ValueError as error:
+        raise WeightsError(f"{sidecar_path(path)} describes a model that cannot be built: {error}") from error
     load_state(model, path)
     return model.to(device).eval(), info
 
