@@ -1,4 +1,4 @@
-"""Batched training augmentation on the device that holds the images (no per-image PIL pipeline)."""
+"""Batched training augmentation on the images' own device (no per-image PIL pipeline)."""
 
 import torch
 import torch.nn.functional as F

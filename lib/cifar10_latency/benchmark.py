@@ -40,7 +40,7 @@ def benchmark(model, test_split, step, model_name, variant, precision="fp32", ch
               progress=True):
     """Re-measure accuracy under the variant, time it at batch 1 and append a row to the results log.
 
-    `model` must already sit on the test split's device (and be compiled, when `compile_mode` says so).
+    `model` must already sit on the test split's device (and be compiled, when `compile_mode` is not "none").
     Returns the logged row.
     """
     if warmup_iters < 0 or measure_iters < 1:

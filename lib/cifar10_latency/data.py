@@ -76,7 +76,7 @@ def resolve_root(root=None, download=True):
     """Find the folder that contains `cifar-10-batches-py/`.
 
     Order: `root` (a CLI option or params value), $CIFAR10_ROOT, `data/`, `../shared/cifar10`.
-    A root given explicitly must hold the data. When no default holds it, the official archive
+    A root given explicitly must hold the data. When no default contains it, the official archive
     is downloaded into `data/` by torchvision, which checks its md5.
     """
     for source, value in [("--data-root (or data_root in the params)", root), ("CIFAR10_ROOT", os.environ.get("CIFAR10_ROOT"))]:
@@ -140,7 +140,7 @@ def _read_batch(path):
         raise DatasetError(f"{path} is truncated or not a CIFAR-10 batch ({error}). {fix}") from error
 
     if not isinstance(batch, dict):
-        raise DatasetError(f"{path} holds a {type(batch).__name__}, not a CIFAR-10 batch dict. {fix}")
+        raise DatasetError(f"{path} contains a {type(batch).__name__}, not a CIFAR-10 batch dict. {fix}")
     batch = {key.decode("latin1") if isinstance(key, bytes) else key: value for key, value in batch.items()}
     if "data" not in batch or "labels" not in batch:
         raise DatasetError(f"{path} has keys {sorted(batch)}, expected 'data' and 'labels'. {fix}")
@@ -170,7 +170,7 @@ def load_split(root, train, limit=None):
 
     expected = 50_000 if train else 10_000
     if len(labels) != expected:
-        log.warning("%s holds %d %s images, not the %d of CIFAR-10", folder, len(labels), "training" if train else "test", expected)
+        log.warning("%s contains %d %s images, not the %d of CIFAR-10", folder, len(labels), "training" if train else "test", expected)
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
 

@@ -18,7 +18,7 @@ def _run(command):
 
 
 def git_commit():
-    """The HEAD commit, suffixed `-dirty` when tracked files have uncommitted changes; `unknown` outside git."""
+    """Return the HEAD commit, with `-dirty` when tracked files have uncommitted changes, or `unknown` outside git."""
     commit = _run(["git", "rev-parse", "--short=12", "HEAD"])
     if not commit:
         return "unknown"

@@ -49,7 +49,7 @@ def measure_latency(model, inputs, warmup_iters=DEFAULT_WARMUP_ITERS, measure_it
     """Time `model` on one image at a time, cycling through the prepared `inputs` (N, 3, 32, 32).
 
     `inputs` must already be normalised and in the dtype and memory format under test, on the
-    model's device, so the timed region holds only the forward pass (two with `tta`). On CUDA each
+    model's device, so the timed region contains only the forward pass (two with `tta`). On CUDA each
     iteration is bracketed by a CUDA event pair and the device is synchronised before any reading.
     On CPU `time.perf_counter_ns` brackets each call, with `threads` intra-op threads.
     """

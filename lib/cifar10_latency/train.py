@@ -114,9 +114,9 @@ def _optimizer(model, config):
 def train(model_name, model_config, config, train_split, test_split, device="cpu", checkpoint_path=None, resume=True, stop_after_epoch=None):
     """Train a registered model from scratch and return (model, summary).
 
-    With `checkpoint_path`, a checkpoint is written after each epoch, and `resume` continues from
-    it; augmentation and shuffling are seeded per epoch, so a resumed run ends with the same
-    weights as an uninterrupted one. `stop_after_epoch` ends early (used to test resuming).
+    With `checkpoint_path`, a checkpoint is written after each epoch and `resume` continues from it.
+    Augmentation and shuffling are seeded per epoch, so a resumed run ends with the same weights
+    as an uninterrupted one. `stop_after_epoch` ends early (used to test resuming).
     """
     device = torch.device(device)
     torch.manual_seed(config.seed)

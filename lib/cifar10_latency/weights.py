@@ -53,7 +53,7 @@ def read_info(path):
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise WeightsError(f"{sidecar} is not valid JSON ({error}); restore it or retrain.") from error
     if not isinstance(info, dict):
-        raise WeightsError(f"{sidecar} holds a JSON {type(info).__name__}, not an object; restore it or retrain.")
+        raise WeightsError(f"{sidecar} contains a JSON {type(info).__name__}, not an object; restore it or retrain.")
     missing = [key for key in ("model", "model_config") if key not in info]
     if missing:
         raise WeightsError(f"{sidecar} lacks {', '.join(missing)}, so the model cannot be rebuilt; restore the sidecar or retrain.")
