@@ -19,7 +19,7 @@ NUM_CLASSES = 10
 IMAGE_SHAPE = (3, 32, 32)
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
-# Per-channel statistics of the CIFAR-10 training set over [0, 1]. Every model sees
+# Per-channel statistics of the CIFAR-10 training set over [0, 1]. Every model receives
 # images as (uint8 / 255 - MEAN) / STD, in training, evaluation and timing alike.
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
