@@ -23,11 +23,14 @@ train-cpu: setup
 	$(BIN)/cifar10-latency train plain_cnn --params cpu
 	$(BIN)/cifar10-latency train mobilenet_v3_small --params cpu
 
+# Both models, 2 and 1 threads, NCHW and channels_last, one after the other in a single run.
 benchmark-cpu: setup
 	for model in plain_cnn mobilenet_v3_small; do \
 	  for threads in 2 1; do \
 	    $(BIN)/cifar10-latency benchmark weights/$$model.safetensors --device cpu --threads $$threads \
 	      --step cli_cpu --variant fp32_$${threads}thread || exit 1; \
+	    $(BIN)/cifar10-latency benchmark weights/$$model.safetensors --device cpu --threads $$threads \
+	      --channels-last --step cli_cpu --variant fp32_cl_$${threads}thread || exit 1; \
 	  done; \
 	done
 

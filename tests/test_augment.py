@@ -144,3 +144,30 @@ def test_crop_size_window_of_own_image():
 def test_crop_size_too_large():
     with pytest.raises(ValueError, match="crop size 40"):
         random_crop_flip(random_batch(count=2), padding=2, size=40)
+
+
+def test_flip_mask_mirrors_chosen_images():
+    images = random_batch(count=8)
+    mask = torch.tensor([True, False, False, True, True, False, True, False])
+
+    out = random_crop_flip(images, padding=0, flip_mask=mask)
+
+    assert torch.equal(out[mask], images[mask].flip(-1))
+    assert torch.equal(out[~mask], images[~mask])
+
+
+def test_flip_mask_overrides_flip_false():
+    images = random_batch(count=4)
+    mask = torch.ones(4, dtype=torch.bool)
+
+    out = random_crop_flip(images, padding=0, flip=False, flip_mask=mask)
+
+    assert torch.equal(out, images.flip(-1))
+
+
+@pytest.mark.parametrize("mask", [torch.ones(3, dtype=torch.bool), torch.ones(4), torch.ones(4, 1, dtype=torch.bool)])
+def test_flip_mask_wrong_shape_or_dtype(mask):
+    with pytest.raises(ValueError) as error:
+        random_crop_flip(random_batch(count=4), padding=0, flip_mask=mask)
+
+    assert "flip_mask" in str(error.value)

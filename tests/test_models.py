@@ -195,3 +195,41 @@ def test_init_whitening_skips_plain_stem():
 
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+# Options of the plain CNN family
+
+
+def test_plain_cnn_batchnorm_scale_frozen():
+    model = build_model("plain_cnn", widths=[8, 16], convs_per_stage=2, stem_width=8, batchnorm_scale=False)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+    assert norms
+    assert all(not norm.weight.requires_grad and norm.bias.requires_grad for norm in norms)
+    assert all(torch.all(norm.weight == 1) for norm in norms)
+
+
+def test_plain_cnn_dirac_init_passes_input():
+    torch.manual_seed(0)
+    model = build_model("plain_cnn", widths=[8, 16], convs_per_stage=2, stem_width=8, dirac_init=True)
+    convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
+    inputs = torch.randn(2, 16, 6, 6)
+
+    # Every conv after the stem widens or keeps its width, so each gets identity filters.
+    for conv in convs[1:]:
+        outputs = conv(inputs[:, :conv.in_channels])
+        assert torch.allclose(outputs[:, :conv.in_channels], inputs[:, :conv.in_channels])
+        # The remaining filters keep their random init.
+        assert conv.out_channels == conv.in_channels or outputs[:, conv.in_channels:].abs().sum() > 0
+
+
+def test_plain_cnn_logit_scale_scales_output():
+    inputs = torch.randn(3, 3, 32, 32)
+    outputs = {}
+    for scale in (1.0, 0.25):
+        torch.manual_seed(0)
+        model = build_model("plain_cnn", widths=[8, 16], convs_per_stage=1, stem_width=8, logit_scale=scale).eval()
+        with torch.no_grad():
+            outputs[scale] = model(inputs)
+
+    assert torch.allclose(outputs[0.25], 0.25 * outputs[1.0], atol=1e-6)

@@ -10,8 +10,8 @@ from conftest import TINY_CONFIG
 FAST = {"batch_size": 32, "amp": "off", "lr": 0.05}
 
 
-def run(train_split, test_split, epochs=2, model_config=TINY_CONFIG, **kwargs):
-    config = TrainConfig.from_dict({**FAST, "epochs": epochs})
+def run(train_split, test_split, epochs=2, model_config=TINY_CONFIG, options=None, **kwargs):
+    config = TrainConfig.from_dict({**FAST, "epochs": epochs, **(options or {})})
     return train("plain_cnn", model_config, config, train_split, test_split, device="cpu", **kwargs)
 
 
@@ -80,13 +80,31 @@ def test_train_low_res_epochs_crop(train_split, test_split, monkeypatch):
     assert sizes[steps:] == [32] * steps
 
 
-def test_train_time_budget_stops(train_split, test_split):
+class FakeClock:
+    """Stand-in for the `time` module whose clock advances 1/128 s at every reading.
+
+    A power of two keeps the sums of readings exact in floating point.
+    """
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        self.now += 2 ** -7
+        return self.now
+
+
+def test_train_time_budget_stops(train_split, test_split, monkeypatch):
+    # A fake clock makes the step times exact, so the budget check is tested without timing noise.
+    monkeypatch.setattr(train_module, "time", FakeClock())
     config = TrainConfig.from_dict({**FAST, "epochs": 1000, "time_budget_s": 1.0})
 
     _, summary = train("plain_cnn", TINY_CONFIG, config, train_split, test_split)
 
     assert summary["epochs_done"] < 1000
-    assert 1.0 <= summary["train_seconds"] < 10.0
+    # The last step starts only if it fits, so the budget is never overrun.
+    assert summary["train_seconds"] <= 1.0
+    assert summary["train_seconds"] > 0.9
     # The schedule is stretched over the projected steps, so the LR has decayed by the end.
     assert summary["history"][-1]["lr_end"] < 0.5 * FAST["lr"]
 
@@ -107,14 +125,97 @@ def test_train_same_seed_repeats(train_split, test_split):
     assert_same_state(first.state_dict(), second.state_dict())
 
 
+# Training tricks for short runs
+
+
+def test_lookahead_changes_weights(train_split, test_split):
+    plain, _ = run(train_split, test_split, epochs=1)
+    averaged, summary = run(train_split, test_split, epochs=1, options={"lookahead_every": 3})
+
+    assert summary["history"][0]["loss"] > 0
+    assert not torch.equal(plain.state_dict()["classifier.weight"], averaged.state_dict()["classifier.weight"])
+
+
+def test_lookahead_step_moves_slow_weights():
+    model = torch.nn.Linear(2, 1, bias=False)
+    lookahead = train_module.Lookahead(model)
+    start = model.weight.detach().clone()
+
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    lookahead.step(model, decay=0.75)
+
+    # The slow weights move a quarter of the way, and the fast weights restart from them.
+    assert torch.allclose(model.weight, start + 0.25)
+    assert torch.allclose(lookahead.slow[0], start + 0.25)
+
+
+def test_lookahead_decay_ramps_to_final():
+    config = TrainConfig.from_dict({"lookahead_every": 5, "lookahead_decay": 0.9})
+
+    early = train_module._lookahead_decay(0, 100, 5, config)
+    middle = train_module._lookahead_decay(49, 100, 5, config)
+    last = train_module._lookahead_decay(99, 100, 5, config)
+
+    assert early < 1e-5
+    assert middle == pytest.approx(0.9 ** 5 * 0.5 ** 3)
+    assert last == pytest.approx(0.9 ** 5)
+
+
+def test_bias_lr_scale_applies_to_no_decay_group(train_split, test_split, monkeypatch):
+    seen = []
+    original_step = torch.optim.SGD.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append([(group["lr"], group["weight_decay"]) for group in self.param_groups])
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", recording_step)
+    run(train_split, test_split, epochs=1, options={"bias_lr_scale": 8.0})
+
+    assert seen
+    for (weight_lr, weight_decay), (bias_lr, bias_decay) in seen:
+        assert bias_lr == pytest.approx(8.0 * weight_lr)
+        assert weight_decay == TrainConfig.weight_decay
+        assert bias_decay == 0.0
+
+
+def test_alternate_flip_mirrors_every_other_epoch(train_split, test_split, monkeypatch):
+    masks_by_epoch = []
+    original_augment = train_module.random_crop_flip
+
+    def recording_augment(images, padding, flip, generator, size, flip_mask):
+        if not masks_by_epoch or len(masks_by_epoch[-1]) == len(train_split) // FAST["batch_size"] * FAST["batch_size"]:
+            masks_by_epoch.append({})
+        # The synthetic images are random, so their bytes identify them across epochs.
+        for image, mirrored in zip(images, flip_mask):
+            masks_by_epoch[-1][image.numpy().tobytes()] = bool(mirrored)
+        return original_augment(images, padding, flip, generator, size, flip_mask)
+
+    monkeypatch.setattr(train_module, "random_crop_flip", recording_augment)
+    run(train_split, test_split, epochs=3, options={"alternate_flip": True})
+
+    first, second, third = masks_by_epoch
+    common = first.keys() & second.keys() & third.keys()
+    assert len(common) > len(train_split) // 2
+    assert all(first[key] != second[key] and first[key] == third[key] for key in common)
+    assert 0 < sum(first.values()) < len(first)
+
+
 # Resuming from a checkpoint
 
 
-def test_resume_matches_uninterrupted(train_split, test_split, tmp_path, monkeypatch):
-    checkpoint = tmp_path / "run.safetensors"
-    straight, straight_summary = run(train_split, test_split, epochs=2)
+# With lookahead every 3 steps, each 10-step epoch ends with an open cycle that the epoch closes.
+# Alternating flips depend on the epoch number, so both must survive a resume.
+TRICKS = {"lookahead_every": 3, "alternate_flip": True, "bias_lr_scale": 4.0}
 
-    half, half_summary = run(train_split, test_split, epochs=2, checkpoint_path=checkpoint, stop_after_epoch=1)
+
+@pytest.mark.parametrize("options", [{}, TRICKS], ids=["plain", "tricks"])
+def test_resume_matches_uninterrupted(train_split, test_split, tmp_path, monkeypatch, options):
+    checkpoint = tmp_path / "run.safetensors"
+    straight, straight_summary = run(train_split, test_split, epochs=2, options=options)
+
+    half, half_summary = run(train_split, test_split, epochs=2, checkpoint_path=checkpoint, stop_after_epoch=1, options=options)
     half_state = {k: v.clone() for k, v in half.state_dict().items()}
     augmented_batches = []
     original_augment = train_module.random_crop_flip
@@ -124,7 +225,7 @@ def test_resume_matches_uninterrupted(train_split, test_split, tmp_path, monkeyp
         return original_augment(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "random_crop_flip", counting_augment)
-    resumed, resumed_summary = run(train_split, test_split, epochs=2, checkpoint_path=checkpoint)
+    resumed, resumed_summary = run(train_split, test_split, epochs=2, checkpoint_path=checkpoint, options=options)
 
     assert half_summary["epochs_done"] == 1
     assert checkpoint.is_file()

@@ -4,13 +4,14 @@ import torch
 import torch.nn.functional as F
 
 
-def random_crop_flip(images, padding=2, flip=True, generator=None, size=None):
+def random_crop_flip(images, padding=2, flip=True, generator=None, size=None, flip_mask=None):
     """Randomly translate each image by up to `padding` pixels and flip half of them horizontally.
 
     `images` is a uint8 or float (B, C, H, W) batch. The translation is a random crop of the
     reflect-padded image, so no black border enters training. With `size`, the crop is
     `size` x `size` instead of H x W: objects keep their scale but less of the image is seen.
-    Labels are untouched because the output keeps the batch order.
+    Labels are untouched because the output keeps the batch order. A (B,) bool `flip_mask`
+    chooses which images to mirror instead of a random half (`flip` is then ignored).
     """
     batch, _, height, width = images.shape
     device = images.device
@@ -27,7 +28,12 @@ def random_crop_flip(images, padding=2, flip=True, generator=None, size=None):
         index = torch.arange(batch, device=device)[:, None, None, None]
         channels = torch.arange(images.shape[1], device=device)[None, :, None, None]
         images = padded[index, channels, rows, cols]
-    if flip:
+    if flip_mask is not None:
+        if flip_mask.shape != (batch,) or flip_mask.dtype != torch.bool:
+            raise ValueError(f"flip_mask must be a bool tensor of shape ({batch},), got {flip_mask.dtype} {tuple(flip_mask.shape)}")
+        mirrored = flip_mask
+    elif flip:
         mirrored = torch.rand(batch, device=device, generator=generator) < 0.5
+    if flip_mask is not None or flip:
         images = torch.where(mirrored[:, None, None, None], images.flip(-1), images)
     return images

@@ -44,12 +44,23 @@ def _activation(name):
     return activations[name]()
 
 
-def _conv_bn_act(in_channels, out_channels, activation, pool=False):
-    layers = [nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)]
+def _conv_bn_act(in_channels, out_channels, activation, pool=False, batchnorm_scale=True, dirac_init=False):
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)
+    if dirac_init and out_channels >= in_channels:
+        # The first filters start as identities, so at init each block passes its input through
+        # and the early steps train a network that behaves like a shallower one.
+        with torch.no_grad():
+            nn.init.dirac_(conv.weight[:in_channels])
+    layers = [conv]
     if pool:
         # Pooling straight after the stage's first conv makes every later conv of the stage 4x cheaper.
         layers.append(nn.MaxPool2d(2))
-    layers += [nn.BatchNorm2d(out_channels), _activation(activation)]
+    norm = nn.BatchNorm2d(out_channels)
+    if not batchnorm_scale:
+        # A scale fixed at 1 makes the conv before it scale-invariant, so weight decay only sets
+        # its effective learning rate; the shift (bias) still learns.
+        norm.weight.requires_grad_(False)
+    layers += [norm, _activation(activation)]
     return layers
 
 
@@ -62,7 +73,8 @@ class PlainCNN(nn.Module):
     """
 
     def __init__(self, widths=(64, 128, 256), convs_per_stage=2, stem_width=32, whiten_stem=False,
-                 stem_stride=1, activation="gelu", num_classes=NUM_CLASSES):
+                 stem_stride=1, activation="gelu", batchnorm_scale=True, dirac_init=False, logit_scale=1.0,
+                 num_classes=NUM_CLASSES):
         super().__init__()
         if not widths or convs_per_stage < 1:
             raise ValueError(f"widths={widths} and convs_per_stage={convs_per_stage}: need at least one stage of one conv")
@@ -79,20 +91,24 @@ class PlainCNN(nn.Module):
         else:
             if stem_stride != 1:
                 raise ValueError(f"stem_stride={stem_stride} needs whiten_stem: true; the 3x3 stem has stride 1")
-            layers = _conv_bn_act(3, stem_width, activation)
+            layers = _conv_bn_act(3, stem_width, activation, batchnorm_scale=batchnorm_scale)
         in_channels = stem_width
+        block = {"batchnorm_scale": batchnorm_scale, "dirac_init": dirac_init}
         for width in widths:
-            layers += _conv_bn_act(in_channels, width, activation, pool=True)
+            layers += _conv_bn_act(in_channels, width, activation, pool=True, **block)
             for _ in range(convs_per_stage - 1):
-                layers += _conv_bn_act(width, width, activation)
+                layers += _conv_bn_act(width, width, activation, **block)
             in_channels = width
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.classifier = nn.Linear(in_channels, num_classes, bias=False)
+        # Scaling the logits down acts as a temperature: it keeps early softmax outputs soft.
+        self.logit_scale = float(logit_scale)
 
     def forward(self, x):
         x = self.pool(self.features(x)).flatten(1)
-        return self.classifier(x)
+        logits = self.classifier(x)
+        return logits * self.logit_scale if self.logit_scale != 1.0 else logits
 
 
 @torch.no_grad()

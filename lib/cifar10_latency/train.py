@@ -40,6 +40,15 @@ class TrainConfig:
     low_res_epochs: int = 0
     low_res_size: int = 24
     flip: bool = True
+    # Mirror each image on every other epoch (from a seeded coin per image) instead of at random,
+    # so a short run trains on both orientations of every image within two epochs.
+    alternate_flip: bool = False
+    # Lookahead: every `lookahead_every` steps (0: off) slow weights move toward the SGD weights
+    # and the SGD weights restart from them. The pull grows over the run, so the last steps
+    # average the weights, which helps most when training is short.
+    lookahead_every: int = 0
+    lookahead_decay: float = 0.95  # per-step decay of the slow weights at the end of the run
+    bias_lr_scale: float = 1.0  # LR multiplier for the parameters without weight decay (BatchNorm, biases)
     seed: int = 0
     eval_every: int = 0  # evaluate on the test set every N epochs (0: only at the end)
     # Wall-clock training budget in seconds (0: none). Training stops when it is spent, and the LR
@@ -89,6 +98,12 @@ def lr_at(step, total_steps, config):
     return config.lr + (final - config.lr) * progress
 
 
+def _lookahead_decay(step, total_steps, cycle, config):
+    # Cubic ramp from 0 (the slow weights just follow) to lookahead_decay**cycle at the last step.
+    progress = min(1.0, (step + 1) / total_steps)
+    return config.lookahead_decay ** cycle * progress ** 3
+
+
 def resolve_amp(amp, device):
     """Pick the autocast dtype (or None for FP32) for `amp` on `device`."""
     device = torch.device(device)
@@ -108,7 +123,25 @@ def _optimizer(model, config):
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups[0]["lr_scale"], groups[1]["lr_scale"] = 1.0, config.bias_lr_scale
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+
+
+class Lookahead:
+    """Slow copies of the parameters and BatchNorm statistics, updated every few SGD steps."""
+
+    def __init__(self, model):
+        self.slow = [tensor.detach().clone() for tensor in _float_state(model)]
+
+    @torch.no_grad()
+    def step(self, model, decay):
+        for slow, fast in zip(self.slow, _float_state(model)):
+            slow.lerp_(fast, 1 - decay)
+            fast.copy_(slow)
+
+
+def _float_state(model):
+    return [tensor for tensor in model.state_dict().values() if tensor.is_floating_point()]
 
 
 def train(model_name, model_config, config, train_split, test_split, device="cpu", checkpoint_path=None, resume=True, stop_after_epoch=None):
@@ -153,9 +186,15 @@ def train(model_name, model_config, config, train_split, test_split, device="cpu
         "Training %s on %s: %d epochs x %d steps, batch %d, autocast %s, seed %d",
         model_name, device, config.epochs, steps_per_epoch, config.batch_size, amp_dtype, config.seed,
     )
+    # Every epoch closes its lookahead cycle, so the slow weights equal the checkpointed ones.
+    lookahead = Lookahead(model) if config.lookahead_every else None
     generator = torch.Generator(device=device)
+    if config.alternate_flip:
+        generator.manual_seed(config.seed)
+        first_flip = torch.rand(len(train_split), device=device, generator=generator) < 0.5
     images_seen = sum(record.get("images", 0) for record in history)
     out_of_time = False
+    slowest_step = 0.0  # seconds, for the budget check
     for epoch in range(start_epoch, config.epochs):
         # Seeding per epoch makes the data order and augmentation independent of where a run resumed.
         generator.manual_seed(config.seed * 1_000_003 + epoch)
@@ -166,26 +205,33 @@ def train(model_name, model_config, config, train_split, test_split, device="cpu
         correct = torch.zeros((), device=device, dtype=torch.long)
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, mininterval=1.0)
         steps_done = 0
+        cycle = 0  # SGD steps since the last lookahead update
         for i in bar:
             step = epoch * steps_per_epoch + i
             if config.time_budget_s:
                 # NOTE: on CUDA this reads the host clock, which runs ahead of the queued kernels by
                 # at most a few steps because the progress bar synchronises every 10 steps.
-                elapsed = train_seconds + time.perf_counter() - epoch_start
-                if elapsed >= config.time_budget_s:
+                now = time.perf_counter()
+                elapsed = train_seconds + now - epoch_start
+                if i > 0:
+                    slowest_step = max(slowest_step, now - step_start)
+                # A step starts only if it would end within the budget even at the slowest pace seen.
+                if elapsed + slowest_step >= config.time_budget_s:
                     out_of_time = True
                     break
+                step_start = now
                 if step > 0:
                     total_steps = min(steps_per_epoch * config.epochs, max(step + 1, round(step * config.time_budget_s / elapsed)))
 
             index = order[i * config.batch_size:(i + 1) * config.batch_size]
             size = config.low_res_size if epoch < config.low_res_epochs else None
-            images = random_crop_flip(train_split.images[index], config.crop_padding, config.flip, generator, size)
+            flip_mask = first_flip[index] ^ bool(epoch % 2) if config.alternate_flip else None
+            images = random_crop_flip(train_split.images[index], config.crop_padding, config.flip, generator, size, flip_mask)
             inputs = normalize(images, memory_format=memory_format)
             labels = train_split.labels[index]
 
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total_steps, config)
+                group["lr"] = lr_at(step, total_steps, config) * group["lr_scale"]
 
             autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
             with autocast:
@@ -195,6 +241,10 @@ def train(model_name, model_config, config, train_split, test_split, device="cpu
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            cycle += 1
+            if lookahead and (cycle == config.lookahead_every or i == steps_per_epoch - 1):
+                lookahead.step(model, _lookahead_decay(step, total_steps, cycle, config))
+                cycle = 0
 
             loss_sum += loss.detach()
             correct += (logits.argmax(1) == labels).sum()
@@ -204,6 +254,9 @@ def train(model_name, model_config, config, train_split, test_split, device="cpu
                 seen = (i + 1) * config.batch_size
                 bar.set_postfix(loss=f"{loss_sum.item() / (i + 1):.3f}", acc=f"{correct.item() / seen:.3f}",
                                 img_s=f"{seen / (time.perf_counter() - epoch_start):.0f}")
+        if lookahead and cycle:
+            # The budget ended mid-cycle: close it, so the final weights are the slow ones.
+            lookahead.step(model, _lookahead_decay(step - 1, total_steps, cycle, config))
         if device.type == "cuda":
             torch.cuda.synchronize()
         epoch_seconds = time.perf_counter() - epoch_start
