@@ -233,3 +233,27 @@ def test_plain_cnn_logit_scale_scales_output():
             outputs[scale] = model(inputs)
 
     assert torch.allclose(outputs[0.25], 0.25 * outputs[1.0], atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [0, -1.0])
+def test_plain_cnn_logit_scale_must_be_positive(scale):
+    with pytest.raises(ValueError) as error:
+        build_model("plain_cnn", widths=[8], logit_scale=scale)
+
+    assert "logit_scale" in str(error.value)
+
+
+@pytest.mark.parametrize("option", ["whiten_stem", "batchnorm_scale", "dirac_init"])
+def test_plain_cnn_quoted_bool_rejected(option):
+    with pytest.raises(ValueError) as error:
+        build_model("plain_cnn", widths=[8], **{option: "false"})
+
+    assert option in str(error.value)
+
+
+def test_option_of_other_model_rejected():
+    with pytest.raises(ValueError) as error:
+        build_model("mobilenet_v3_small", batchnorm_scale=False)
+
+    assert "batchnorm_scale" in str(error.value)
+    assert "cifar_stem" in str(error.value)

@@ -321,6 +321,35 @@ def test_config_bad_amp():
     assert "fp8" in str(error.value)
 
 
+@pytest.mark.parametrize("values", [
+    {"lookahead_every": -1}, {"lookahead_every": 2.7}, {"lookahead_decay": 1.0}, {"lookahead_decay": -0.1},
+    {"bias_lr_scale": 0}, {"time_budget_s": -5}, {"time_budget_s": float("inf")}, {"time_budget_s": float("nan")},
+])
+def test_config_bad_short_run_options(values):
+    with pytest.raises(ValueError) as error:
+        TrainConfig.from_dict(values)
+
+    assert next(iter(values)) in str(error.value)
+
+
+def test_config_alternate_flip_needs_flip():
+    with pytest.raises(ValueError) as error:
+        TrainConfig.from_dict({"alternate_flip": True, "flip": False})
+
+    assert "alternate_flip" in str(error.value)
+
+
+def test_train_budget_before_first_step(train_split, test_split, monkeypatch):
+    # The fake clock's first steps cost 1/128 s, so a 1/256 s budget ends before any step.
+    monkeypatch.setattr(train_module, "time", FakeClock())
+    config = TrainConfig.from_dict({**FAST, "epochs": 1, "time_budget_s": 2 ** -8})
+
+    with pytest.raises(ValueError) as error:
+        train("plain_cnn", TINY_CONFIG, config, train_split, test_split)
+
+    assert "time_budget_s" in str(error.value)
+
+
 @pytest.mark.parametrize("values", [{"epochs": 0}, {"batch_size": 0}])
 def test_config_bad_sizes(values):
     with pytest.raises(ValueError):

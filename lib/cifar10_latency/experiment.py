@@ -8,7 +8,7 @@ from pathlib import Path
 from .data import load_cifar10
 from .environment import environment_fingerprint, resolve_device
 from .evaluate import evaluate
-from .models import count_parameters, weight_size_bytes
+from .models import build_model, count_parameters, weight_size_bytes
 from .train import TrainConfig, train
 from .weights import save_weights
 
@@ -29,6 +29,8 @@ def fit(model_name, model_config, train_config, weights_path, data_root=None, de
     """Train `model_name`, evaluate it on the whole test set and save weights; returns (model, info)."""
     if not isinstance(train_config, TrainConfig):
         train_config = TrainConfig.from_dict(train_config)
+    # Building the model once before the data loads makes a bad model config fail in a second.
+    build_model(model_name, **model_config)
     device = resolve_device(device)
     train_split, test_split = load_cifar10(data_root, device, train_limit=train_limit, test_limit=test_limit)
 

@@ -4,6 +4,8 @@ Every builder starts from random weights (`weights=None`) and returns 10-class l
 normalised (B, 3, 32, 32) input.
 """
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -76,6 +78,11 @@ class PlainCNN(nn.Module):
                  stem_stride=1, activation="gelu", batchnorm_scale=True, dirac_init=False, logit_scale=1.0,
                  num_classes=NUM_CLASSES):
         super().__init__()
+        for name, value in (("whiten_stem", whiten_stem), ("batchnorm_scale", batchnorm_scale), ("dirac_init", dirac_init)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name}={value!r} is invalid: expected true or false (unquoted in YAML)")
+        if not isinstance(logit_scale, (int, float)) or not logit_scale > 0:
+            raise ValueError(f"logit_scale={logit_scale} is invalid; use a positive factor (1 leaves the logits unchanged)")
         if not widths or convs_per_stage < 1:
             raise ValueError(f"widths={widths} and convs_per_stage={convs_per_stage}: need at least one stage of one conv")
         if whiten_stem:
@@ -127,15 +134,11 @@ def init_whitening(model, inputs, eps=5e-4):
     return model
 
 
-def plain_cnn(**config):
-    return PlainCNN(**config)
-
-
 MODELS = {
     "mobilenet_v3_small": mobilenet_v3_small,
     "shufflenet_v2_x1_0": shufflenet_v2_x1_0,
     "resnet18_cifar": resnet18_cifar,
-    "plain_cnn": plain_cnn,
+    "plain_cnn": PlainCNN,
 }
 
 
@@ -143,6 +146,10 @@ def build_model(name, **config):
     """Build a registered model with random weights; `config` goes to its builder."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; registered models: {', '.join(MODELS)}")
+    accepted = sorted(inspect.signature(MODELS[name]).parameters)
+    unknown = sorted(set(config) - set(accepted))
+    if unknown:
+        raise ValueError(f"config option(s) {unknown} do not apply to model {name!r}; its options are {accepted}")
     try:
         return MODELS[name](**config)
     except TypeError as error:

@@ -71,7 +71,9 @@ class TrainConfig:
                 try:
                     # YAML reads 5e-4 as a string, so numbers are converted to the field's type.
                     converted[field.name] = values[field.name] if kind is str else kind(values[field.name])
-                except (TypeError, ValueError) as error:
+                    if kind is int and float(values[field.name]) != converted[field.name]:
+                        raise ValueError("not a whole number")
+                except (TypeError, ValueError, OverflowError) as error:
                     raise ValueError(f"training option {field.name}={values[field.name]!r} is invalid: expected {kind.__name__}") from error
         config = cls(**converted)
         if config.schedule not in ("warmup_linear", "onecycle"):
@@ -80,6 +82,16 @@ class TrainConfig:
             raise ValueError(f"amp {config.amp!r} is invalid; use 'auto', 'off', 'bf16' or 'fp16'")
         if config.epochs < 1 or config.batch_size < 1:
             raise ValueError(f"epochs={config.epochs} and batch_size={config.batch_size} must both be at least 1")
+        if config.lookahead_every < 0:
+            raise ValueError(f"lookahead_every={config.lookahead_every} is invalid; use 0 (off) or a number of steps")
+        if not 0.0 <= config.lookahead_decay < 1.0:
+            raise ValueError(f"lookahead_decay={config.lookahead_decay} is invalid; use a value in [0, 1), e.g. 0.95")
+        if not (math.isfinite(config.time_budget_s) and config.time_budget_s >= 0):
+            raise ValueError(f"time_budget_s={config.time_budget_s} is invalid; use 0 (no budget) or a positive number of seconds")
+        if config.alternate_flip and not config.flip:
+            raise ValueError("alternate_flip: true needs flip: true; set flip: false alone to train without flips")
+        if config.bias_lr_scale <= 0:
+            raise ValueError(f"bias_lr_scale={config.bias_lr_scale} is invalid; use a positive multiplier (1 keeps the LR)")
         return config
 
 
@@ -285,6 +297,8 @@ def train(model_name, model_config, config, train_split, test_split, device="cpu
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
 
+    if images_seen == 0:
+        raise ValueError(f"time_budget_s={config.time_budget_s} ended training before its first step; raise it or use 0 for no budget")
     summary = {"train_seconds": train_seconds, "epochs_done": len(history), "history": history,
                "autocast_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
                "images_seen": images_seen, "epochs_equivalent": images_seen / len(train_split),
