@@ -162,7 +162,7 @@ def test_lookahead_decay_ramps_to_final():
     assert last == pytest.approx(0.9 ** 5)
 
 
-def test_bias_lr_scale_applies_to_no_decay_group(train_split, test_split, monkeypatch):
+def test_bias_lr_scale_no_decay_group(train_split, test_split, monkeypatch):
     seen = []
     original_step = torch.optim.SGD.step
 

@@ -228,6 +228,7 @@ def train(model_name, model_config, config, train_split, test_split, device="cpu
                 if i > 0:
                     slowest_step = max(slowest_step, now - step_start)
                 # A step starts only if it would end within the budget even at the slowest pace seen.
+                # NOTE: the first step of a run has no pace to go by, so it always runs.
                 if elapsed + slowest_step >= config.time_budget_s:
                     out_of_time = True
                     break
