@@ -223,7 +223,7 @@ def test_plain_cnn_dirac_init_passes_input():
         assert conv.out_channels == conv.in_channels or outputs[:, conv.in_channels:].abs().sum() > 0
 
 
-def test_plain_cnn_logit_scale_scales_output():
+def test_logit_scale_scales_output():
     inputs = torch.randn(3, 3, 32, 32)
     outputs = {}
     for scale in (1.0, 0.25):
@@ -236,7 +236,7 @@ def test_plain_cnn_logit_scale_scales_output():
 
 
 @pytest.mark.parametrize("scale", [0, -1.0])
-def test_plain_cnn_logit_scale_must_be_positive(scale):
+def test_logit_scale_must_be_positive(scale):
     with pytest.raises(ValueError) as error:
         build_model("plain_cnn", widths=[8], logit_scale=scale)
 

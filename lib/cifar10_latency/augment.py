@@ -30,7 +30,7 @@ def random_crop_flip(images, padding=2, flip=True, generator=None, size=None, fl
         images = padded[index, channels, rows, cols]
     if flip_mask is not None:
         if flip_mask.shape != (batch,) or flip_mask.dtype != torch.bool:
-            raise ValueError(f"flip_mask must be a bool tensor of shape ({batch},), got {flip_mask.dtype} {tuple(flip_mask.shape)}")
+            raise ValueError(f"flip_mask is invalid: expected a bool tensor of shape ({batch},), got {flip_mask.dtype} {tuple(flip_mask.shape)}")
         mirrored = flip_mask
     elif flip:
         mirrored = torch.rand(batch, device=device, generator=generator) < 0.5
