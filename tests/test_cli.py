@@ -66,6 +66,16 @@ def run_cli(capsys, argv):
     return code, out, err
 
 
+def train_without_data(capsys, tmp_path, entry_name, params, checkpoint_stem):
+    """Run `train` on an empty data root: an error other than the missing data comes from a check made before loading."""
+    empty = tmp_path / "empty-root"
+    empty.mkdir()
+    code, _, err = run_cli(capsys, ["train", entry_name, "--params", params,
+                                    "--weights", tmp_path / f"{checkpoint_stem}.safetensors",
+                                    "--data-root", empty, "--device", "cpu"])
+    return code, err, empty
+
+
 def assert_clean_error(code, err):
     assert code == 2
     assert "error:" in err
@@ -285,6 +295,17 @@ def test_train_bad_train_option(capsys, tmp_path, cifar_str, checkpoint_stem):
     assert "learning_rate" in err
 
 
+def test_train_muon_on_other_model_fails_before_data(capsys, tmp_path, checkpoint_stem):
+    entry = {"arch": "mobilenet_v3_small", "train": {"epochs": 1, "conv_optimizer": "muon"}}
+    params = write_params(tmp_path / "params.yaml", mobile=entry)
+
+    code, err, _ = train_without_data(capsys, tmp_path, "mobile", params, checkpoint_stem)
+
+    assert_clean_error(code, err)
+    assert "conv_optimizer" in err
+    assert "mobilenet_v3_small" in err
+
+
 def test_train_missing_params_file(capsys, tmp_path, checkpoint_stem):
     code, _, err = run_cli(capsys, ["train", "tiny", "--params", tmp_path / "absent.yaml",
                                     "--weights", tmp_path / f"{checkpoint_stem}.safetensors"])
@@ -295,12 +316,8 @@ def test_train_missing_params_file(capsys, tmp_path, checkpoint_stem):
 
 def test_train_data_root_without_data(capsys, tmp_path, checkpoint_stem):
     params = write_params(tmp_path / "params.yaml")
-    empty = tmp_path / "empty-root"
-    empty.mkdir()
 
-    code, _, err = run_cli(capsys, ["train", "tiny", "--params", params,
-                                    "--weights", tmp_path / f"{checkpoint_stem}.safetensors",
-                                    "--data-root", empty, "--device", "cpu"])
+    code, err, empty = train_without_data(capsys, tmp_path, "tiny", params, checkpoint_stem)
 
     assert_clean_error(code, err)
     assert str(empty) in err

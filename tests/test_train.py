@@ -32,6 +32,31 @@ def test_train_lowers_loss(train_split, test_split):
     assert history[-1]["train_accuracy"] > history[0]["train_accuracy"]
 
 
+def test_train_muon_lowers_loss(train_split, test_split):
+    _, summary = run(train_split, test_split, epochs=3, options={"conv_optimizer": "muon"})
+    history = summary["history"]
+
+    assert history[-1]["loss"] < history[0]["loss"]
+
+
+def test_muon_keeps_filter_norms(train_split, test_split):
+    model, _ = run(train_split, test_split, epochs=1, options={"conv_optimizer": "muon"})
+
+    for conv in model.modules():
+        if isinstance(conv, torch.nn.Conv2d) and conv.weight.requires_grad:
+            assert conv.weight.norm().item() == pytest.approx(conv.out_channels ** 0.5, rel=1e-4)
+
+
+def test_muon_rejected_for_models_without_batchnorm_everywhere(train_split, test_split):
+    config = TrainConfig.from_dict({**FAST, "conv_optimizer": "muon"})
+
+    with pytest.raises(ValueError) as error:
+        train("mobilenet_v3_small", {}, config, train_split, test_split)
+
+    assert "mobilenet_v3_small" in str(error.value)
+    assert "conv_optimizer: sgd" in str(error.value)
+
+
 def test_train_summary_fields(train_split, test_split):
     model, summary = run(train_split, test_split, epochs=1)
 
@@ -210,7 +235,10 @@ def test_alternate_flip_mirrors_every_other_epoch(train_split, test_split, monke
 TRICKS = {"lookahead_every": 3, "alternate_flip": True, "bias_lr_scale": 4.0}
 
 
-@pytest.mark.parametrize("options", [{}, TRICKS], ids=["plain", "tricks"])
+MUON = {**TRICKS, "conv_optimizer": "muon", "muon_lr": 0.05}
+
+
+@pytest.mark.parametrize("options", [{}, TRICKS, MUON], ids=["plain", "tricks", "muon"])
 def test_resume_matches_uninterrupted(train_split, test_split, tmp_path, monkeypatch, options):
     checkpoint = tmp_path / "run.safetensors"
     straight, straight_summary = run(train_split, test_split, epochs=2, options=options)
@@ -323,7 +351,7 @@ def test_config_bad_amp():
 
 @pytest.mark.parametrize("values", [
     {"lookahead_every": -1}, {"lookahead_every": 2.7}, {"lookahead_decay": 1.0}, {"lookahead_decay": -0.1},
-    {"bias_lr_scale": 0}, {"time_budget_s": -5}, {"time_budget_s": float("inf")}, {"time_budget_s": float("nan")},
+    {"bias_lr_scale": 0}, {"conv_optimizer": "adam"}, {"muon_lr": 0}, {"muon_lr": 1.5}, {"time_budget_s": -5}, {"time_budget_s": float("inf")}, {"time_budget_s": float("nan")},
 ])
 def test_config_bad_short_run_options(values):
     with pytest.raises(ValueError) as error:

@@ -9,7 +9,7 @@ from .data import load_cifar10
 from .environment import environment_fingerprint, resolve_device
 from .evaluate import evaluate
 from .models import build_model, count_parameters, weight_size_bytes
-from .train import TrainConfig, train
+from .train import TrainConfig, check_model_options, train
 from .weights import save_weights
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ def fit(model_name, model_config, train_config, weights_path, data_root=None, de
         train_config = TrainConfig.from_dict(train_config)
     # Building the model once before the data loads makes a bad model config fail in a second.
     build_model(model_name, **model_config)
+    check_model_options(model_name, train_config)
     device = resolve_device(device)
     train_split, test_split = load_cifar10(data_root, device, train_limit=train_limit, test_limit=test_limit)
 

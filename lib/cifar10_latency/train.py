@@ -16,6 +16,7 @@ from .augment import random_crop_flip
 from .data import normalize
 from .evaluate import evaluate
 from .models import build_model, init_whitening
+from .optim import MUON_MODELS, Muon
 from .weights import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,10 @@ class TrainConfig:
     lookahead_every: int = 0
     lookahead_decay: float = 0.95  # per-step decay of the slow weights at the end of the run
     bias_lr_scale: float = 1.0  # LR multiplier for the parameters without weight decay (BatchNorm, biases)
+    # "muon" trains the conv filters with orthogonalised momentum (optim.Muon) instead of SGD;
+    # `muon_lr` is then their peak relative change per step, on the same schedule as `lr`.
+    conv_optimizer: str = "sgd"
+    muon_lr: float = 0.05
     seed: int = 0
     eval_every: int = 0  # evaluate on the test set every N epochs (0: only at the end)
     # Wall-clock training budget in seconds (0: none). Training stops when it is spent, and the LR
@@ -78,6 +83,10 @@ class TrainConfig:
         config = cls(**converted)
         if config.schedule not in ("warmup_linear", "onecycle"):
             raise ValueError(f"schedule {config.schedule!r} is invalid; use 'warmup_linear' or 'onecycle'")
+        if config.conv_optimizer not in ("sgd", "muon"):
+            raise ValueError(f"conv_optimizer {config.conv_optimizer!r} is invalid; use 'sgd' or 'muon'")
+        if not 0 < config.muon_lr < 1:
+            raise ValueError(f"muon_lr={config.muon_lr} is invalid; use a relative step in (0, 1), e.g. 0.05")
         if config.amp not in ("auto", "off", "bf16", "fp16"):
             raise ValueError(f"amp {config.amp!r} is invalid; use 'auto', 'off', 'bf16' or 'fp16'")
         if config.epochs < 1 or config.batch_size < 1:
@@ -93,6 +102,13 @@ class TrainConfig:
         if config.bias_lr_scale <= 0:
             raise ValueError(f"bias_lr_scale={config.bias_lr_scale} is invalid; use a positive multiplier (1 keeps the LR)")
         return config
+
+
+def check_model_options(model_name, config):
+    """Reject training options that do not apply to `model_name`."""
+    if config.conv_optimizer == "muon" and model_name not in MUON_MODELS:
+        raise ValueError(f"conv_optimizer 'muon' applies to {', '.join(MUON_MODELS)} only (it needs a BatchNorm after "
+                         f"every conv), not {model_name!r}; use conv_optimizer: sgd")
 
 
 def lr_at(step, total_steps, config):
@@ -132,11 +148,16 @@ def resolve_amp(amp, device):
 
 
 def _optimizer(model, config):
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    groups[0]["lr_scale"], groups[1]["lr_scale"] = 1.0, config.bias_lr_scale
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+    no_decay = {"params": [p for p in model.parameters() if p.ndim <= 1], "weight_decay": 0.0, "lr_scale": config.bias_lr_scale}
+    if config.conv_optimizer == "muon":
+        # The frozen whitening stem has no gradient, so it stays out of every group.
+        filters = [p for p in model.parameters() if p.ndim == 4 and p.requires_grad]
+        others = [p for p in model.parameters() if p.ndim > 1 and not any(p is f for f in filters)]
+        groups = [{"params": filters, "orthogonalize": True, "lr_scale": config.muon_lr / config.lr},
+                  {"params": others, "weight_decay": config.weight_decay, "lr_scale": 1.0}, no_decay]
+        return Muon(groups, lr=config.lr, momentum=config.momentum)
+    decay = {"params": [p for p in model.parameters() if p.ndim > 1], "weight_decay": config.weight_decay, "lr_scale": 1.0}
+    return torch.optim.SGD([decay, no_decay], lr=config.lr, momentum=config.momentum, nesterov=True)
 
 
 class Lookahead:
@@ -164,6 +185,7 @@ def train(model_name, model_config, config, train_split, test_split, device="cpu
     as an uninterrupted one. `stop_after_epoch` ends early (used to test resuming).
     """
     device = torch.device(device)
+    check_model_options(model_name, config)
     torch.manual_seed(config.seed)
     model = build_model(model_name, **model_config).to(device)
     # A whitening stem is set from the training images; other models have no stem to set.
