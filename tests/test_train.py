@@ -288,6 +288,8 @@ def test_resume_other_config_rejected(train_split, test_split, tmp_path):
         train("plain_cnn", TINY_CONFIG, other, train_split, test_split, checkpoint_path=checkpoint)
 
     assert str(checkpoint) in str(error.value)
+    # The message names the one setting that differs, with both values, and nothing else.
+    assert "(train_config.seed: 0 -> 1)" in str(error.value)
 
 
 def test_no_resume_starts_afresh(train_split, test_split, tmp_path):
@@ -328,6 +330,17 @@ def test_config_converts_yaml_strings():
 def test_config_rejects_bad_number():
     with pytest.raises(ValueError, match="epochs='two'"):
         TrainConfig.from_dict({"epochs": "two"})
+
+
+def test_config_rejects_bool_number():
+    # YAML reads `muon_lr: true` as a bool, which float() would quietly turn into 1.0.
+    with pytest.raises(ValueError, match="muon_lr=True is invalid: expected a number, e.g. 0.05"):
+        TrainConfig.from_dict({"muon_lr": True})
+
+
+def test_config_text_number_error_gives_example():
+    with pytest.raises(ValueError, match="muon_lr='abc' is invalid: expected a number, e.g. 0.05"):
+        TrainConfig.from_dict({"muon_lr": "abc"})
 
 
 def test_config_rejects_string_bool():

@@ -73,13 +73,19 @@ class TrainConfig:
                 kind = type(field.default)
                 if kind is bool and not isinstance(values[field.name], bool):
                     raise ValueError(f"training option {field.name}={values[field.name]!r} is invalid: expected true or false")
+                if kind in (int, float) and isinstance(values[field.name], bool):
+                    # float(True) is 1.0, which would hide the mistake behind a range error.
+                    raise ValueError(f"training option {field.name}={values[field.name]!r} is invalid: expected a number, "
+                                     f"e.g. {field.default}")
                 try:
                     # YAML reads 5e-4 as a string, so numbers are converted to the field's type.
                     converted[field.name] = values[field.name] if kind is str else kind(values[field.name])
                     if kind is int and float(values[field.name]) != converted[field.name]:
                         raise ValueError("not a whole number")
                 except (TypeError, ValueError, OverflowError) as error:
-                    raise ValueError(f"training option {field.name}={values[field.name]!r} is invalid: expected {kind.__name__}") from error
+                    expected = {str: "a string", int: "a whole number"}.get(kind, "a number")
+                    raise ValueError(f"training option {field.name}={values[field.name]!r} is invalid: expected {expected}, "
+                                     f"e.g. {field.default!r}") from error
         config = cls(**converted)
         if config.schedule not in ("warmup_linear", "onecycle"):
             raise ValueError(f"schedule {config.schedule!r} is invalid; use 'warmup_linear' or 'onecycle'")
@@ -177,6 +183,19 @@ def _float_state(model):
     return [tensor for tensor in model.state_dict().values() if tensor.is_floating_point()]
 
 
+def _changed_settings(expected, state):
+    """'name: checkpoint value -> requested value' for each setting a resumed run would change."""
+    changed = []
+    for key, value in expected.items():
+        old = state.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            changed += [f"{key}.{name}: {old.get(name)!r} -> {value.get(name)!r}"
+                        for name in sorted(set(value) | set(old)) if old.get(name) != value.get(name)]
+        elif old != value:
+            changed.append(f"{key}: {old!r} -> {value!r}")
+    return changed
+
+
 def train(model_name, model_config, config, train_split, test_split, device="cpu", checkpoint_path=None, resume=True, stop_after_epoch=None):
     """Train a registered model from scratch and return (model, summary).
 
@@ -208,8 +227,9 @@ def train(model_name, model_config, config, train_split, test_split, device="cpu
         # The checkpoint went through JSON, so compare against the JSON form (tuples become lists).
         expected = json.loads(json.dumps({"model": model_name, "model_config": model_config, "train_config": asdict(config),
                                           "train_images": len(train_split), "train_sha256": train_split.sha256}))
-        if {key: state[key] for key in expected} != expected:
-            raise ValueError(f"checkpoint {checkpoint_path} was written for another model, config or training set; "
+        changed = _changed_settings(expected, state)
+        if changed:
+            raise ValueError(f"checkpoint {checkpoint_path} was written with other settings ({'; '.join(changed)}); "
                              f"rerun with --no-resume or delete it")
         start_epoch, train_seconds, history = state["epoch"], state["train_seconds"], state["history"]
         if state.get("scaler"):
@@ -217,8 +237,9 @@ def train(model_name, model_config, config, train_split, test_split, device="cpu
         log.info("Resuming %s from epoch %d of %d (%s)", model_name, start_epoch, config.epochs, checkpoint_path)
 
     log.info(
-        "Training %s on %s: %d epochs x %d steps, batch %d, autocast %s, seed %d",
-        model_name, device, config.epochs, steps_per_epoch, config.batch_size, amp_dtype, config.seed,
+        "Training %s on %s: %d epochs x %d steps, batch %d, autocast %s, conv filters by %s, seed %d",
+        model_name, device, config.epochs, steps_per_epoch, config.batch_size, amp_dtype,
+        f"muon (muon_lr {config.muon_lr})" if config.conv_optimizer == "muon" else "sgd", config.seed,
     )
     # Every epoch closes its lookahead cycle, so the slow weights equal the checkpointed ones.
     lookahead = Lookahead(model) if config.lookahead_every else None
