@@ -14,7 +14,8 @@ def test_orthogonalize_sets_singular_values_near_one(shape):
 
     assert result.shape == matrix.shape
     singular = torch.linalg.svdvals(result)
-    assert singular.min() > 0.5 and singular.max() < 1.3
+    assert singular.min() > 0.5
+    assert singular.max() < 1.3
 
 
 def test_orthogonalize_keeps_singular_vectors():
