@@ -334,12 +334,12 @@ def test_config_rejects_bad_number():
 
 def test_config_rejects_bool_number():
     # YAML reads `muon_lr: true` as a bool, which float() would quietly turn into 1.0.
-    with pytest.raises(ValueError, match="muon_lr=True is invalid: expected a number, e.g. 0.05"):
+    with pytest.raises(ValueError, match="muon_lr=True is invalid: expected a number, e.g. 0.02"):
         TrainConfig.from_dict({"muon_lr": True})
 
 
 def test_config_text_number_error_gives_example():
-    with pytest.raises(ValueError, match="muon_lr='abc' is invalid: expected a number, e.g. 0.05"):
+    with pytest.raises(ValueError, match="muon_lr='abc' is invalid: expected a number, e.g. 0.02"):
         TrainConfig.from_dict({"muon_lr": "abc"})
 
 

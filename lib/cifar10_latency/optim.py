@@ -9,8 +9,9 @@ def orthogonalize(matrix, steps=5):
     """Approximate the nearest semi-orthogonal matrix to `matrix` (its singular values set near 1).
 
     A quintic Newton-Schulz iteration: a few matrix products, cheap next to a training step,
-    unlike an SVD. The coefficients trade exactness (values end within about 0.7 to 1.2) for
-    speed of convergence from small singular values.
+    unlike an SVD. The coefficients trade exactness for speed of convergence from small values.
+    Measured on random matrices, values of at least 1e-2 times the largest end between about 0.7 and
+    1.2, while those under about 1e-3 of it stay below 0.5.
     """
     a, b, c = 3.4445, -4.7750, 2.0315
     x = matrix / (matrix.norm() + 1e-7)
@@ -27,9 +28,9 @@ class Muon(torch.optim.Optimizer):
     """Nesterov SGD, except on groups marked `orthogonalize`: there the update is orthogonalised.
 
     An orthogonalised update moves every direction of a filter bank at the same rate, so rare
-    features learn as fast as common ones and a short run gets more from each step. Those
-    filters are then rescaled to a fixed norm (an average of 1 per output channel): a BatchNorm
-    follows each of them, so only their direction matters and `lr` is the relative change per step.
+    features learn as fast as common ones. Those filters are then rescaled to a fixed norm (an
+    average of 1 per output channel). A BatchNorm follows each of them, so only their direction
+    matters and `lr` is the relative change per step.
     Other groups get plain Nesterov SGD with coupled weight decay, as `torch.optim.SGD` does.
     """
 

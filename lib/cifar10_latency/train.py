@@ -52,8 +52,9 @@ class TrainConfig:
     bias_lr_scale: float = 1.0  # LR multiplier for the parameters without weight decay (BatchNorm, biases)
     # "muon" trains the conv filters with orthogonalised momentum (optim.Muon) instead of SGD;
     # `muon_lr` is then their peak relative change per step, on the same schedule as `lr`.
+    # NOTE: 0.02 is the best of the three values tried (0.01, 0.02, 0.05) for 4 epochs at batch 128.
     conv_optimizer: str = "sgd"
-    muon_lr: float = 0.05
+    muon_lr: float = 0.02
     seed: int = 0
     eval_every: int = 0  # evaluate on the test set every N epochs (0: only at the end)
     # Wall-clock training budget in seconds (0: none). Training stops when it is spent, and the LR
@@ -92,7 +93,7 @@ class TrainConfig:
         if config.conv_optimizer not in ("sgd", "muon"):
             raise ValueError(f"conv_optimizer {config.conv_optimizer!r} is invalid; use 'sgd' or 'muon'")
         if not 0 < config.muon_lr < 1:
-            raise ValueError(f"muon_lr={config.muon_lr} is invalid; use a relative step in (0, 1), e.g. 0.05")
+            raise ValueError(f"muon_lr={config.muon_lr} is invalid; use a relative step in (0, 1), e.g. 0.02")
         if config.amp not in ("auto", "off", "bf16", "fp16"):
             raise ValueError(f"amp {config.amp!r} is invalid; use 'auto', 'off', 'bf16' or 'fp16'")
         if config.epochs < 1 or config.batch_size < 1:
