@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from cifar10_latency import train as train_module
+from cifar10_latency.models import build_model
 from cifar10_latency.train import TrainConfig, lr_at, resolve_amp, train
 
 from conftest import TINY_CONFIG
@@ -45,6 +46,18 @@ def test_muon_keeps_filter_norms(train_split, test_split):
     for conv in model.modules():
         if isinstance(conv, torch.nn.Conv2d) and conv.weight.requires_grad:
             assert conv.weight.norm().item() == pytest.approx(conv.out_channels ** 0.5, rel=1e-4)
+
+
+def test_muon_groups_cover_trainable_params():
+    model = build_model("plain_cnn", widths=[8, 16], whiten_stem=True)
+    config = TrainConfig.from_dict({"conv_optimizer": "muon"})
+
+    optimizer = train_module._optimizer(model, config)
+
+    grouped = [id(p) for group in optimizer.param_groups for p in group["params"]]
+    trainable = [id(p) for p in model.parameters() if p.requires_grad]
+    assert sorted(grouped) == sorted(trainable)
+    assert optimizer.param_groups[0]["orthogonalize"]
 
 
 def test_muon_rejected_for_models_without_batchnorm_everywhere(train_split, test_split):

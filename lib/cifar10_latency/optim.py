@@ -1,4 +1,4 @@
-"""Optimisers: SGD with Nesterov momentum, or Muon (orthogonalised momentum) on the conv filters."""
+"""Muon: orthogonalised Nesterov momentum for conv filters, with plain Nesterov SGD for the rest."""
 
 import torch
 
@@ -53,10 +53,12 @@ class Muon(torch.optim.Optimizer):
                 buffer = state["momentum_buffer"]
                 buffer.mul_(momentum).add_(grad)
                 update = grad.add(buffer, alpha=momentum)
-                if group["orthogonalize"]:
-                    matrix = update.reshape(len(param), -1)
-                    rows, cols = matrix.shape
-                    update = (orthogonalize(matrix) * max(1.0, rows / cols) ** 0.5).reshape(param.shape)
-                param.sub_(update, alpha=group["lr"])
-                if group["orthogonalize"]:
-                    param.mul_(rows ** 0.5 / param.norm())
+                if not group["orthogonalize"]:
+                    param.sub_(update, alpha=group["lr"])
+                    continue
+
+                matrix = update.reshape(len(param), -1)
+                rows, cols = matrix.shape
+                update = orthogonalize(matrix) * max(1.0, rows / cols) ** 0.5
+                param.sub_(update.reshape(param.shape), alpha=group["lr"])
+                param.mul_(rows ** 0.5 / param.norm())

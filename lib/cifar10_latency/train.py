@@ -77,7 +77,7 @@ class TrainConfig:
                 if kind in (int, float) and isinstance(values[field.name], bool):
                     # float(True) is 1.0, which would hide the mistake behind a range error.
                     raise ValueError(f"training option {field.name}={values[field.name]!r} is invalid: expected a number, "
-                                     f"e.g. {field.default}")
+                                     f"e.g. {field.default!r}")
                 try:
                     # YAML reads 5e-4 as a string, so numbers are converted to the field's type.
                     converted[field.name] = values[field.name] if kind is str else kind(values[field.name])
@@ -159,7 +159,7 @@ def _optimizer(model, config):
     if config.conv_optimizer == "muon":
         # The frozen whitening stem has no gradient, so it stays out of every group.
         filters = [p for p in model.parameters() if p.ndim == 4 and p.requires_grad]
-        others = [p for p in model.parameters() if p.ndim > 1 and not any(p is f for f in filters)]
+        others = [p for p in model.parameters() if 1 < p.ndim < 4]
         groups = [{"params": filters, "orthogonalize": True, "lr_scale": config.muon_lr / config.lr},
                   {"params": others, "weight_decay": config.weight_decay, "lr_scale": 1.0}, no_decay]
         return Muon(groups, lr=config.lr, momentum=config.momentum)
@@ -185,7 +185,7 @@ def _float_state(model):
 
 
 def _changed_settings(expected, state):
-    """'name: checkpoint value -> requested value' for each setting a resumed run would change."""
+    """List each setting a resumed run would change, as 'name: checkpoint value -> requested value'."""
     changed = []
     for key, value in expected.items():
         old = state.get(key)
@@ -237,10 +237,12 @@ def train(model_name, model_config, config, train_split, test_split, device="cpu
             scaler.load_state_dict(state["scaler"])
         log.info("Resuming %s from epoch %d of %d (%s)", model_name, start_epoch, config.epochs, checkpoint_path)
 
+    conv_optimizer = config.conv_optimizer
+    if conv_optimizer == "muon":
+        conv_optimizer += f" (muon_lr {config.muon_lr})"
     log.info(
         "Training %s on %s: %d epochs x %d steps, batch %d, autocast %s, conv filters by %s, seed %d",
-        model_name, device, config.epochs, steps_per_epoch, config.batch_size, amp_dtype,
-        f"muon (muon_lr {config.muon_lr})" if config.conv_optimizer == "muon" else "sgd", config.seed,
+        model_name, device, config.epochs, steps_per_epoch, config.batch_size, amp_dtype, conv_optimizer, config.seed,
     )
     # Every epoch closes its lookahead cycle, so the slow weights equal the checkpointed ones.
     lookahead = Lookahead(model) if config.lookahead_every else None
