@@ -1,9 +1,11 @@
+import json
+
 import pytest
 import torch
 
 from cifar10_latency import train as train_module
 from cifar10_latency.models import build_model
-from cifar10_latency.train import TrainConfig, lr_at, resolve_amp, train
+from cifar10_latency.train import TrainConfig, lr_at, prune_easy_images, resolve_amp, train
 
 from conftest import TINY_CONFIG
 
@@ -116,6 +118,69 @@ def test_train_low_res_epochs_crop(train_split, test_split, monkeypatch):
     steps = len(sizes) // 2
     assert sizes[:steps] == [24] * steps
     assert sizes[steps:] == [32] * steps
+
+
+def test_prune_easy_drops_only_easy_images():
+    sample_loss = torch.tensor([0.1, 0.2, 3.0, float("nan"), 0.15, 5.0, 0.3, 0.25])
+    order = torch.tensor([5, 3, 0, 7, 1, 6, 2, 4])
+    generator = torch.Generator().manual_seed(0)
+
+    kept_order, weights = prune_easy_images(order, sample_loss, 0.5, generator)
+
+    # The mean of the seen losses is about 1.29, so images 2 and 5 are hard. Image 3 was never seen.
+    easy = {0, 1, 4, 6, 7}
+    dropped = set(order.tolist()) - set(kept_order.tolist())
+    assert dropped
+    assert dropped < easy
+    assert kept_order.tolist() == [i for i in order.tolist() if i not in dropped]
+    for image in range(8):
+        expected = 2.0 if image in easy - dropped else 1.0
+        assert weights[image].item() == expected, image
+
+
+def test_prune_easy_before_any_loss_keeps_all():
+    order = torch.arange(4)
+
+    kept_order, weights = prune_easy_images(order, torch.full((4,), float("nan")), 0.5, torch.Generator().manual_seed(0))
+
+    assert torch.equal(kept_order, order)
+    assert torch.equal(weights, torch.ones(4))
+
+
+def test_train_prune_easy_skips_images_until_last_epoch(train_split, test_split):
+    _, summary = run(train_split, test_split, epochs=3, options={"prune_easy": 0.5})
+
+    images = [record["images"] for record in summary["history"]]
+    full = len(train_split) // FAST["batch_size"] * FAST["batch_size"]
+    assert images[0] == full
+    assert images[1] < full
+    assert images[2] == full
+    assert summary["images_seen"] == sum(images)
+    # The schedule was fitted to the skipped steps, so it still ends at the final LR.
+    assert summary["history"][-1]["lr_end"] == 0.0
+
+
+def pruned_run_on_fake_clock(train_split, test_split, monkeypatch, epochs, time_budget_s):
+    """Train with prune_easy 0.5 on a fake clock; returns the summary and the images of a full epoch."""
+    monkeypatch.setattr(train_module, "time", FakeClock())
+    config = TrainConfig.from_dict({**FAST, "epochs": epochs, "time_budget_s": time_budget_s, "prune_easy": 0.5})
+    _, summary = train("plain_cnn", TINY_CONFIG, config, train_split, test_split)
+    return summary, len(train_split) // FAST["batch_size"] * FAST["batch_size"]
+
+
+def test_prune_easy_lr_ends_under_epoch_cap(train_split, test_split, monkeypatch):
+    # The budget is too long to bind, so the epoch cap ends training and the LR must still reach its end.
+    summary, full = pruned_run_on_fake_clock(train_split, test_split, monkeypatch, epochs=3, time_budget_s=1000.0)
+
+    assert summary["history"][1]["images"] < full
+    assert summary["history"][-1]["lr_end"] == 0.0
+
+
+def test_train_prune_easy_with_budget(train_split, test_split, monkeypatch):
+    summary, full = pruned_run_on_fake_clock(train_split, test_split, monkeypatch, epochs=1000, time_budget_s=1.5)
+
+    assert any(record["images"] < full for record in summary["history"][1:-1])
+    assert summary["train_seconds"] <= 1.5
 
 
 class FakeClock:
@@ -280,6 +345,22 @@ def test_resume_matches_uninterrupted(train_split, test_split, tmp_path, monkeyp
     assert resumed_summary["history"][1]["loss"] == straight_summary["history"][1]["loss"]
 
 
+def test_resume_with_prune_easy_matches_uninterrupted(train_split, test_split, tmp_path):
+    # The second epoch skips images by the losses of the first, so those losses must survive a resume.
+    checkpoint = tmp_path / "run.safetensors"
+    options = {**TRICKS, "prune_easy": 0.5}
+    straight, straight_summary = run(train_split, test_split, epochs=3, options=options)
+
+    run(train_split, test_split, epochs=3, checkpoint_path=checkpoint, stop_after_epoch=1, options=options)
+    resumed, resumed_summary = run(train_split, test_split, epochs=3, checkpoint_path=checkpoint, options=options)
+
+    assert resumed_summary["history"][1]["images"] < resumed_summary["history"][0]["images"]
+    for resumed_epoch, straight_epoch in zip(resumed_summary["history"], straight_summary["history"], strict=True):
+        assert resumed_epoch["images"] == straight_epoch["images"]
+        assert resumed_epoch["loss"] == straight_epoch["loss"]
+    assert_same_state(straight.state_dict(), resumed.state_dict())
+
+
 def test_resume_tuple_widths(train_split, test_split, tmp_path):
     # A Python caller may pass widths as a tuple, like PlainCNN's own default. The checkpoint
     # stores the config as JSON, which reads it back as a list.
@@ -303,6 +384,25 @@ def test_resume_other_config_rejected(train_split, test_split, tmp_path):
     assert str(checkpoint) in str(error.value)
     # The message names the one setting that differs, with both values, and nothing else.
     assert "(train_config.seed: 0 -> 1)" in str(error.value)
+
+
+def test_resume_checkpoint_older_than_an_option(train_split, test_split, tmp_path):
+    # A checkpoint written before prune_easy existed has no such key, and it ran with the option off.
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    checkpoint = tmp_path / "run.safetensors"
+    run(train_split, test_split, epochs=2, checkpoint_path=checkpoint, stop_after_epoch=1)
+    with safe_open(str(checkpoint), framework="pt") as f:
+        state = json.loads(f.metadata()["state"])
+    del state["train_config"]["prune_easy"]
+    tensors = {k: v for k, v in load_file(str(checkpoint)).items() if not k.startswith("loop.")}
+    save_file(tensors, str(checkpoint), metadata={"state": json.dumps(state)})
+
+    _, summary = run(train_split, test_split, epochs=2, checkpoint_path=checkpoint)
+
+    assert summary["epochs_done"] == 2
+    assert summary["history"][0] == state["history"][0]
 
 
 def test_no_resume_starts_afresh(train_split, test_split, tmp_path):
@@ -356,6 +456,12 @@ def test_config_text_number_error_gives_example():
         TrainConfig.from_dict({"muon_lr": "abc"})
 
 
+def test_config_prune_easy_error_example():
+    # The default 0.0 would read as a suggestion to turn the option off.
+    with pytest.raises(ValueError, match="prune_easy='abc' is invalid: expected a number, e.g. 0.5"):
+        TrainConfig.from_dict({"prune_easy": "abc"})
+
+
 def test_config_rejects_string_bool():
     with pytest.raises(ValueError, match="flip"):
         TrainConfig.from_dict({"flip": "false"})
@@ -377,7 +483,7 @@ def test_config_bad_amp():
 
 @pytest.mark.parametrize("values", [
     {"lookahead_every": -1}, {"lookahead_every": 2.7}, {"lookahead_decay": 1.0}, {"lookahead_decay": -0.1},
-    {"bias_lr_scale": 0}, {"conv_optimizer": "adam"}, {"muon_lr": 0}, {"muon_lr": 1.5}, {"time_budget_s": -5}, {"time_budget_s": float("inf")}, {"time_budget_s": float("nan")},
+    {"bias_lr_scale": 0}, {"conv_optimizer": "adam"}, {"muon_lr": 0}, {"muon_lr": 1.5}, {"prune_easy": -0.1}, {"prune_easy": 1.0}, {"time_budget_s": -5}, {"time_budget_s": float("inf")}, {"time_budget_s": float("nan")},
 ])
 def test_config_bad_short_run_options(values):
     with pytest.raises(ValueError) as error:

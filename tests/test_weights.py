@@ -191,12 +191,15 @@ def test_checkpoint_round_trip(tmp_path, tiny_model):
     optimizer.step()
     path = tmp_path / "ckpt.safetensors"
 
-    save_checkpoint(path, model, optimizer, {"epoch": 3, "history": [{"loss": 1.5}]})
+    sample_loss = torch.tensor([0.5, float("nan"), 2.0])
+    save_checkpoint(path, model, optimizer, {"epoch": 3, "history": [{"loss": 1.5}]}, tensors={"sample_loss": sample_loss})
     torch.manual_seed(5)
     fresh = build_model("plain_cnn", **TINY_CONFIG)
     fresh_optimizer = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
     state = load_checkpoint(path, fresh, fresh_optimizer)
 
+    # NaN marks an image not seen yet, so it must come back as NaN.
+    assert torch.allclose(state.pop("tensors")["sample_loss"], sample_loss, rtol=0, atol=0, equal_nan=True)
     assert state == {"epoch": 3, "history": [{"loss": 1.5}]}
     for key, value in model.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value), key

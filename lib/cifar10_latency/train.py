@@ -22,6 +22,10 @@ from .weights import load_checkpoint, save_checkpoint
 log = logging.getLogger(__name__)
 
 
+# Example values for error messages where the default (0: off) would be a poor example.
+_EXAMPLES = {"prune_easy": 0.5, "time_budget_s": 900.0, "lookahead_every": 5, "low_res_epochs": 2, "eval_every": 1}
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 10
@@ -55,6 +59,10 @@ class TrainConfig:
     # NOTE: 0.02 is the best of the three values tried (0.01, 0.02, 0.05) for 4 epochs at batch 128.
     conv_optimizer: str = "sgd"
     muon_lr: float = 0.02
+    # Share of the easy images (last loss below the mean) that each epoch after the first skips at
+    # random (InfoBatch, Qin et al. 2024). The easy images kept weigh more, so the expected gradient
+    # is unchanged. The last epoch skips none. Skipped images cost nothing, so more epochs fit a budget.
+    prune_easy: float = 0.0
     seed: int = 0
     eval_every: int = 0  # evaluate on the test set every N epochs (0: only at the end)
     # Wall-clock training budget in seconds (0: none). Training stops when it is spent, and the LR
@@ -77,7 +85,7 @@ class TrainConfig:
                 if kind in (int, float) and isinstance(values[field.name], bool):
                     # float(True) is 1.0, which would hide the mistake behind a range error.
                     raise ValueError(f"training option {field.name}={values[field.name]!r} is invalid: expected a number, "
-                                     f"e.g. {field.default!r}")
+                                     f"e.g. {_EXAMPLES.get(field.name, field.default)!r}")
                 try:
                     # YAML reads 5e-4 as a string, so numbers are converted to the field's type.
                     converted[field.name] = values[field.name] if kind is str else kind(values[field.name])
@@ -86,7 +94,7 @@ class TrainConfig:
                 except (TypeError, ValueError, OverflowError) as error:
                     expected = {str: "a string", int: "a whole number"}.get(kind, "a number")
                     raise ValueError(f"training option {field.name}={values[field.name]!r} is invalid: expected {expected}, "
-                                     f"e.g. {field.default!r}") from error
+                                     f"e.g. {_EXAMPLES.get(field.name, field.default)!r}") from error
         config = cls(**converted)
         if config.schedule not in ("warmup_linear", "onecycle"):
             raise ValueError(f"schedule {config.schedule!r} is invalid; use 'warmup_linear' or 'onecycle'")
@@ -94,6 +102,8 @@ class TrainConfig:
             raise ValueError(f"conv_optimizer {config.conv_optimizer!r} is invalid; use 'sgd' or 'muon'")
         if not 0 < config.muon_lr < 1:
             raise ValueError(f"muon_lr={config.muon_lr} is invalid; use a relative step in (0, 1), e.g. 0.02")
+        if not 0 <= config.prune_easy < 1:
+            raise ValueError(f"prune_easy={config.prune_easy} is invalid; use a share in [0, 1), e.g. 0.5 (0: off)")
         if config.amp not in ("auto", "off", "bf16", "fp16"):
             raise ValueError(f"amp {config.amp!r} is invalid; use 'auto', 'off', 'bf16' or 'fp16'")
         if config.epochs < 1 or config.batch_size < 1:
@@ -131,6 +141,22 @@ def lr_at(step, total_steps, config):
     if config.schedule == "onecycle":
         return final + (config.lr - final) * (1 + math.cos(math.pi * progress)) / 2
     return config.lr + (final - config.lr) * progress
+
+
+def prune_easy_images(order, sample_loss, share, generator):
+    """Drop a random `share` of the below-mean-loss images from `order`; returns (order, loss weights).
+
+    `sample_loss` contains each training image's last loss (NaN if never seen). The easy images that
+    stay get a weight of 1 / (1 - share), the others 1, so the expected gradient is unchanged.
+    """
+    weights = torch.ones_like(sample_loss)
+    seen = ~torch.isnan(sample_loss)
+    if not seen.any():
+        return order, weights
+    easy = seen & (sample_loss < sample_loss[seen].mean())
+    drop = easy & (torch.rand(sample_loss.shape, device=sample_loss.device, generator=generator) < share)
+    weights[easy & ~drop] = 1 / (1 - share)
+    return order[~drop[order]], weights
 
 
 def _lookahead_decay(step, total_steps, cycle, config):
@@ -213,21 +239,26 @@ def train(model_name, model_config, config, train_split, test_split, device="cpu
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = _optimizer(model, config)
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing, reduction="none")
     amp_dtype = resolve_amp(config.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
-    steps_per_epoch = len(train_split) // config.batch_size
-    if steps_per_epoch == 0:
+    full_steps = len(train_split) // config.batch_size  # steps of an epoch that skips no image
+    if full_steps == 0:
         raise ValueError(f"batch_size {config.batch_size} is larger than the {len(train_split)} training images; lower it")
-    total_steps = steps_per_epoch * config.epochs
+    total_steps = full_steps * config.epochs
+    sample_loss = torch.full((len(train_split),), float("nan"), device=device)  # last loss of each image, for prune_easy
 
     start_epoch, train_seconds, history = 0, 0.0, []
     if checkpoint_path and resume and Path(checkpoint_path).is_file():
         state = load_checkpoint(checkpoint_path, model, optimizer)
+        sample_loss = state.pop("tensors").get("sample_loss", sample_loss).to(device)
         # The checkpoint went through JSON, so compare against the JSON form (tuples become lists).
         expected = json.loads(json.dumps({"model": model_name, "model_config": model_config, "train_config": asdict(config),
                                           "train_images": len(train_split), "train_sha256": train_split.sha256}))
+        # Options added after the checkpoint was written are missing from it. It ran with their
+        # defaults, which leave every option off.
+        state["train_config"] = {**json.loads(json.dumps(asdict(TrainConfig()))), **state.get("train_config", {})}
         changed = _changed_settings(expected, state)
         if changed:
             raise ValueError(f"checkpoint {checkpoint_path} was written with other settings ({'; '.join(changed)}); "
@@ -242,7 +273,7 @@ def train(model_name, model_config, config, train_split, test_split, device="cpu
         conv_optimizer += f" (muon_lr {config.muon_lr})"
     log.info(
         "Training %s on %s: %d epochs x %d steps, batch %d, autocast %s, conv filters by %s, seed %d",
-        model_name, device, config.epochs, steps_per_epoch, config.batch_size, amp_dtype, conv_optimizer, config.seed,
+        model_name, device, config.epochs, full_steps, config.batch_size, amp_dtype, conv_optimizer, config.seed,
     )
     # Every epoch closes its lookahead cycle, so the slow weights equal the checkpointed ones.
     lookahead = Lookahead(model) if config.lookahead_every else None
@@ -251,12 +282,29 @@ def train(model_name, model_config, config, train_split, test_split, device="cpu
         generator.manual_seed(config.seed)
         first_flip = torch.rand(len(train_split), device=device, generator=generator) < 0.5
     images_seen = sum(record.get("images", 0) for record in history)
+    step = images_seen // config.batch_size  # steps taken so far, over all epochs
     out_of_time = False
     slowest_step = 0.0  # seconds, for the budget check
     for epoch in range(start_epoch, config.epochs):
         # Seeding per epoch makes the data order and augmentation independent of where a run resumed.
         generator.manual_seed(config.seed * 1_000_003 + epoch)
         order = torch.randperm(len(train_split), device=device, generator=generator)
+        weights = None
+        last_epoch = epoch == config.epochs - 1
+        if config.time_budget_s and train_seconds > 0:
+            # At the pace so far, the budget ends within this epoch if a full epoch would reach it.
+            last_epoch = last_epoch or step + full_steps >= step * config.time_budget_s / train_seconds
+        if config.prune_easy and last_epoch:
+            log.info("epoch %d is the last: it sees every image", epoch + 1)
+        elif config.prune_easy:
+            order, weights = prune_easy_images(order, sample_loss, config.prune_easy, generator)
+            log.info("epoch %d skips %d easy images of %d", epoch + 1, len(train_split) - len(order), len(train_split))
+        steps_per_epoch = len(order) // config.batch_size
+        # NOTE: later epochs are assumed to skip as many images as this one (the last none), so
+        # with prune_easy the schedule is refitted, by a few percent, at each epoch start.
+        step_cap = step + steps_per_epoch * (config.epochs - epoch - 1) + full_steps
+        if not config.time_budget_s:
+            total_steps = step_cap
         model.train()
         epoch_start = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
@@ -265,7 +313,6 @@ def train(model_name, model_config, config, train_split, test_split, device="cpu
         steps_done = 0
         cycle = 0  # SGD steps since the last lookahead update
         for i in bar:
-            step = epoch * steps_per_epoch + i
             if config.time_budget_s:
                 # NOTE: on CUDA this reads the host clock, which runs ahead of the queued kernels by
                 # at most a few steps because the progress bar synchronises every 10 steps.
@@ -280,7 +327,7 @@ def train(model_name, model_config, config, train_split, test_split, device="cpu
                     break
                 step_start = now
                 if step > 0:
-                    total_steps = min(steps_per_epoch * config.epochs, max(step + 1, round(step * config.time_budget_s / elapsed)))
+                    total_steps = min(step_cap, max(step + 1, round(step * config.time_budget_s / elapsed)))
 
             index = order[i * config.batch_size:(i + 1) * config.batch_size]
             size = config.low_res_size if epoch < config.low_res_epochs else None
@@ -295,7 +342,9 @@ def train(model_name, model_config, config, train_split, test_split, device="cpu
             autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
             with autocast:
                 logits = model(inputs)
-                loss = criterion(logits, labels)
+                image_losses = criterion(logits, labels)
+                loss = (image_losses * weights[index]).mean() if weights is not None else image_losses.mean()
+            sample_loss[index] = image_losses.detach().float()
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -304,8 +353,9 @@ def train(model_name, model_config, config, train_split, test_split, device="cpu
             if lookahead and (cycle == config.lookahead_every or i == steps_per_epoch - 1):
                 lookahead.step(model, _lookahead_decay(step, total_steps, cycle, config))
                 cycle = 0
+            step += 1
 
-            loss_sum += loss.detach()
+            loss_sum += image_losses.detach().mean()
             correct += (logits.argmax(1) == labels).sum()
             steps_done = i + 1
             if i % 10 == 9 or i == steps_per_epoch - 1:
@@ -337,7 +387,7 @@ def train(model_name, model_config, config, train_split, test_split, device="cpu
             save_checkpoint(checkpoint_path, model, optimizer, {
                 "model": model_name, "model_config": model_config, "train_config": asdict(config),
                 "train_images": len(train_split), "train_sha256": train_split.sha256, "epoch": epoch + 1, "train_seconds": train_seconds, "history": history, "scaler": scaler.state_dict(),
-            })
+            }, tensors={"sample_loss": sample_loss})
         if out_of_time:
             log.info("Time budget of %.0f s spent after %d steps of epoch %d", config.time_budget_s, steps_done, epoch + 1)
             break

@@ -99,9 +99,10 @@ def load_weights(path, device="cpu"):
     return model.to(device).eval(), info
 
 
-def save_checkpoint(path, model, optimizer, state):
-    """Save model, optimizer momentum buffers and the loop `state` (epoch, step, ...) for resuming."""
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+def save_checkpoint(path, model, optimizer, state, tensors=None):
+    """Save model, optimizer momentum buffers, the loop `state` (epoch, step, ...) and the loop's
+    own `tensors` (name -> tensor) for resuming."""
+    tensors = {**{f"loop.{k}": v for k, v in (tensors or {}).items()}, **{f"model.{k}": v for k, v in model.state_dict().items()}}
     for index, param in enumerate(p for group in optimizer.param_groups for p in group["params"]):
         buffer = optimizer.state.get(param, {}).get("momentum_buffer")
         if buffer is not None:
@@ -110,7 +111,7 @@ def save_checkpoint(path, model, optimizer, state):
 
 
 def load_checkpoint(path, model, optimizer):
-    """Restore what save_checkpoint wrote; returns the loop state."""
+    """Restore what save_checkpoint wrote; returns the loop state, with the loop tensors under "tensors"."""
     from safetensors import safe_open
 
     try:
@@ -129,4 +130,5 @@ def load_checkpoint(path, model, optimizer):
         key = f"momentum.{index}"
         if key in tensors:
             optimizer.state[param]["momentum_buffer"] = tensors[key].to(device)
+    state["tensors"] = {k[len("loop."):]: v for k, v in tensors.items() if k.startswith("loop.")}
     return state
