@@ -147,7 +147,7 @@ def test_prune_easy_before_any_loss_keeps_all():
     assert torch.equal(weights, torch.ones(4))
 
 
-def test_train_prune_easy_skips_images_until_last_epoch(train_split, test_split):
+def test_prune_easy_full_last_epoch(train_split, test_split):
     _, summary = run(train_split, test_split, epochs=3, options={"prune_easy": 0.5})
 
     images = [record["images"] for record in summary["history"]]
@@ -176,7 +176,7 @@ def test_prune_easy_lr_ends_under_epoch_cap(train_split, test_split, monkeypatch
     assert summary["history"][-1]["lr_end"] == 0.0
 
 
-def test_train_prune_easy_with_budget(train_split, test_split, monkeypatch):
+def test_prune_easy_under_budget(train_split, test_split, monkeypatch):
     summary, full = pruned_run_on_fake_clock(train_split, test_split, monkeypatch, epochs=1000, time_budget_s=1.5)
 
     assert any(record["images"] < full for record in summary["history"][1:-1])
@@ -345,7 +345,7 @@ def test_resume_matches_uninterrupted(train_split, test_split, tmp_path, monkeyp
     assert resumed_summary["history"][1]["loss"] == straight_summary["history"][1]["loss"]
 
 
-def test_resume_with_prune_easy_matches_uninterrupted(train_split, test_split, tmp_path):
+def test_resume_prune_easy_matches_uninterrupted(train_split, test_split, tmp_path):
     # The second epoch skips images by the losses of the first, so those losses must survive a resume.
     checkpoint = tmp_path / "run.safetensors"
     options = {**TRICKS, "prune_easy": 0.5}
