@@ -145,7 +145,7 @@ def lr_at(step, total_steps, config):
 
 
 def prune_easy_images(order, sample_loss, share, generator):
-    """Drop a random `share` of the below-mean-loss images from `order`; returns (order, loss weights).
+    """Drop a random `share` of the below-mean-loss images from `order`. Returns (order, loss weights).
 
     `sample_loss` contains each training image's last loss (NaN if never seen). The easy images that
     stay get a weight of 1 / (1 - share), the others 1, so the expected gradient is unchanged.
@@ -302,7 +302,7 @@ def train(model_name, model_config, config, train_split, test_split, device="cpu
             log.info("epoch %d skips %d easy images of %d", epoch + 1, len(train_split) - len(order), len(train_split))
         steps_per_epoch = len(order) // config.batch_size
         # NOTE: later epochs are assumed to skip as many images as this one (the last none), so
-        # with prune_easy the schedule is refitted, by a few percent, at each epoch start.
+        # with prune_easy the LR schedule is refitted, and jumps slightly, at each epoch start.
         step_cap = step + steps_per_epoch * (config.epochs - epoch - 1) + full_steps
         if not config.time_budget_s:
             total_steps = step_cap
@@ -344,8 +344,12 @@ def train(model_name, model_config, config, train_split, test_split, device="cpu
             with autocast:
                 logits = model(inputs)
                 image_losses = criterion(logits, labels)
-                loss = (image_losses * weights[index]).mean() if weights is not None else image_losses.mean()
-            sample_loss[index] = image_losses.detach().float()
+                mean_loss = image_losses.mean()
+                loss = mean_loss
+                if weights is not None:
+                    loss = (image_losses * weights[index]).mean()
+            if config.prune_easy:
+                sample_loss[index] = image_losses.detach().float()
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -356,7 +360,7 @@ def train(model_name, model_config, config, train_split, test_split, device="cpu
                 cycle = 0
             step += 1
 
-            loss_sum += image_losses.detach().mean()
+            loss_sum += mean_loss.detach()
             correct += (logits.argmax(1) == labels).sum()
             steps_done = i + 1
             if i % 10 == 9 or i == steps_per_epoch - 1:
