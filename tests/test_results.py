@@ -166,6 +166,27 @@ def test_table_keeps_latest_variant(tmp_path):
     assert table.loc[table["variant"] == "a", "latency_p95_ms"].tolist() == [4.0]
 
 
+def test_table_keeps_each_machine(tmp_path):
+    path = tmp_path / "results.csv"
+    append_row(result_row("a", p95=5.0, device_name="AMD EPYC (2 threads)"), path)
+    append_row(result_row("a", p95=1.0, device_name="Intel Xeon (2 threads)"), path)
+
+    table = results_table(path)
+
+    assert sorted(table["device_name"]) == ["AMD EPYC (2 threads)", "Intel Xeon (2 threads)"]
+
+
+def test_table_quick_check_kept_apart(tmp_path):
+    path = tmp_path / "results.csv"
+    append_row(result_row("a", p95=5.0, measure_iters=1000), path)
+    append_row(result_row("a", p95=1.0, measure_iters=20, notes="test_limit=100"), path)
+
+    table = results_table(path)
+
+    assert len(table) == 2
+    assert table.loc[table["notes"] == "", "measure_iters"].tolist() == [1000]
+
+
 def test_table_all_rows(tmp_path):
     path = tmp_path / "results.csv"
     append_row(result_row("a", p95=5.0), path)

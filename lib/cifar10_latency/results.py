@@ -32,7 +32,10 @@ TABLE_COLUMNS = [
     "size_bytes", "notes", "timestamp",
 ]
 # Rows that agree on all of these measure the same variant; the table keeps the newest of them.
-VARIANT_KEY = ["step", "model", "variant", "device", "precision", "memory_format", "compile_mode", "tta", "threads"]
+# The CPU or GPU name and the notes are part of it, so another machine's rows and quick checks
+# (marked in their notes) stay beside the full runs instead of replacing them.
+VARIANT_KEY = ["step", "model", "variant", "device", "device_name", "precision", "memory_format", "compile_mode",
+               "tta", "threads", "measure_iters", "notes"]
 
 
 def new_run_id():
