@@ -406,3 +406,78 @@ def test_negative_test_limit_rejected(capsys, trained):
         cli.main(["evaluate", str(trained["weights"]), "--test-limit", "-5"])
 
     assert "not a positive integer" in capsys.readouterr().err
+
+
+def test_non_numeric_threads_rejected(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["benchmark", "weights.safetensors", "--threads", "abc"])
+
+    err = capsys.readouterr().err
+    assert "'abc' is not a whole number" in err
+    assert "_positive_int" not in err
+
+
+@pytest.mark.parametrize("threads", [0, -3, "abc", 2.5, True])
+def test_params_bad_threads(capsys, tmp_path, checkpoint_stem, threads):
+    params = tmp_path / "threads.yaml"
+    params.write_text(yaml.safe_dump({"threads": threads, "models": {"tiny": TINY_ENTRY}}))
+
+    code, _, err = run_cli(capsys, ["train", "tiny", "--params", params,
+                                    "--weights", tmp_path / f"{checkpoint_stem}.safetensors"])
+
+    assert_clean_error(code, err)
+    assert f"threads={threads!r} is invalid" in err
+
+
+def test_params_bad_device(capsys, tmp_path, checkpoint_stem):
+    params = tmp_path / "device.yaml"
+    params.write_text(yaml.safe_dump({"device": "gpu", "threads": 1, "models": {"tiny": TINY_ENTRY}}))
+
+    code, _, err = run_cli(capsys, ["train", "tiny", "--params", params,
+                                    "--weights", tmp_path / f"{checkpoint_stem}.safetensors"])
+
+    assert_clean_error(code, err)
+    assert "device 'gpu' is invalid" in err
+    assert "vulkan" not in err
+
+
+def test_negative_lr_fails_before_data(capsys, tmp_path, checkpoint_stem):
+    entry = {**TINY_ENTRY, "train": {**TINY_ENTRY["train"], "lr": -1}}
+    params = write_params(tmp_path / "params.yaml", tiny=entry)
+
+    code, err, empty = train_without_data(capsys, tmp_path, "tiny", params, checkpoint_stem)
+
+    assert_clean_error(code, err)
+    assert "lr=-1.0 is invalid" in err
+    assert str(empty) not in err
+
+
+def test_threads_above_cores_warn(caplog, monkeypatch):
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 1)
+    previous = cli.torch.get_num_threads()
+    try:
+        cli._set_threads(2)
+    finally:
+        cli.torch.set_num_threads(previous)
+
+    assert "2 threads on 1 CPU cores" in caplog.text
+
+
+def test_quick_train_keeps_entry_weights(capsys, tmp_path, monkeypatch, cifar_str):
+    # Without --weights, a run on part of the data must not replace the entry's weights file.
+    monkeypatch.setattr(cli, "QUICK_WEIGHTS_DIR", tmp_path / "runs" / "quick")
+    entry_weights = tmp_path / "entry.safetensors"
+    entry_weights.write_bytes(b"real weights")
+    params = write_params(tmp_path / "params.yaml", tiny={**TINY_ENTRY, "weights": str(entry_weights)})
+    quick = tmp_path / "runs" / "quick" / "tiny.safetensors"
+
+    try:
+        code, out, _ = run_cli(capsys, ["train", "tiny", "--params", params, "--train-limit", 64,
+                                        "--data-root", cifar_str.root, "--device", "cpu"])
+    finally:
+        checkpoint_path_for(quick).unlink(missing_ok=True)
+
+    assert code == 0
+    assert entry_weights.read_bytes() == b"real weights"
+    assert quick.is_file()
+    assert str(quick) in out

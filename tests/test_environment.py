@@ -101,3 +101,13 @@ def test_git_commit_format():
     commit = git_commit()
 
     assert commit == "unknown" or re.fullmatch(r"[0-9a-f]{12}(-dirty)?", commit)
+
+
+def test_resolve_device_bad_name():
+    with pytest.raises(ValueError, match="device 'gpu' is invalid"):
+        resolve_device("gpu")
+
+
+def test_resolve_device_unsupported_type():
+    with pytest.raises(ValueError, match="not supported"):
+        resolve_device("meta")

@@ -484,6 +484,8 @@ def test_config_bad_amp():
 @pytest.mark.parametrize("values", [
     {"lookahead_every": -1}, {"lookahead_every": 2.7}, {"lookahead_decay": 1.0}, {"lookahead_decay": -0.1},
     {"bias_lr_scale": 0}, {"conv_optimizer": "adam"}, {"muon_lr": 0}, {"muon_lr": 1.5}, {"prune_easy": -0.1}, {"prune_easy": 1.0}, {"time_budget_s": -5}, {"time_budget_s": float("inf")}, {"time_budget_s": float("nan")},
+    {"lr": -1}, {"lr": 0}, {"momentum": 1.0}, {"weight_decay": -0.1}, {"label_smoothing": 1.0},
+    {"warmup_fraction": -0.1}, {"final_lr_fraction": 1.5},
 ])
 def test_config_bad_short_run_options(values):
     with pytest.raises(ValueError) as error:
@@ -508,6 +510,18 @@ def test_train_budget_before_first_step(train_split, test_split, monkeypatch):
         train("plain_cnn", TINY_CONFIG, config, train_split, test_split)
 
     assert "time_budget_s" in str(error.value)
+
+
+def test_budget_shorter_than_step_warns(train_split, test_split, monkeypatch, caplog):
+    # The budget lets the first step start but not finish: the step runs and the overrun is logged.
+    monkeypatch.setattr(train_module, "time", FakeClock())
+    config = TrainConfig.from_dict({**FAST, "epochs": 1, "time_budget_s": 1.5 * 2 ** -7})
+
+    _, summary = train("plain_cnn", TINY_CONFIG, config, train_split, test_split)
+
+    assert summary["images_seen"] == FAST["batch_size"]
+    assert summary["train_seconds"] > config.time_budget_s
+    assert "past time_budget_s=0.0117188" in caplog.text
 
 
 @pytest.mark.parametrize("values", [{"epochs": 0}, {"batch_size": 0}])

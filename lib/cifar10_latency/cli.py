@@ -3,6 +3,7 @@
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -20,16 +21,26 @@ from .weights import WeightsError, load_weights
 
 log = logging.getLogger("cifar10_latency")
 
+# Folder for the weights of a `train` run on part of the data when no --weights path is given.
+QUICK_WEIGHTS_DIR = PROJECT_ROOT / "runs" / "quick"
+
+
+def _whole_number(text):
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
 
 def _positive_int(text):
-    value = int(text)
+    value = _whole_number(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
     return value
 
 
 def _non_negative_int(text):
-    value = int(text)
+    value = _whole_number(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} is negative")
     return value
@@ -46,6 +57,10 @@ def _set_threads(threads):
     # A fixed intra-op thread count makes CPU timings comparable between runs; it is logged with each row.
     if threads:
         torch.set_num_threads(threads)
+    cores = os.cpu_count() or 0
+    if torch.get_num_threads() > cores:
+        log.warning("%d threads on %d CPU cores: threads will wait for each other and timings will suffer; "
+                    "use --threads %d or fewer", torch.get_num_threads(), cores, cores)
     log.info("torch uses %d intra-op threads", torch.get_num_threads())
 
 
@@ -56,7 +71,12 @@ def cmd_train(args):
     for key in ("epochs", "seed", "batch_size", "time_budget_s"):
         if getattr(args, key) is not None:
             train_config[key] = getattr(args, key)
-    weights = Path(args.weights) if args.weights else weights
+    if args.weights:
+        weights = Path(args.weights)
+    elif args.train_limit or args.test_limit:
+        # A quick check must not replace the entry's real weights, so it writes under runs/ unless --weights is given.
+        weights = QUICK_WEIGHTS_DIR / f"{args.model}.safetensors"
+        log.info("Quick check (--train-limit or --test-limit): weights go to %s, not to the entry's path", weights)
     checkpoint = checkpoint_path_for(weights)
     _, info = fit(arch, model_config, train_config, weights, data_root=args.data_root or params.get("data_root"),
                   device=args.device or params.get("device", "auto"), checkpoint_path=checkpoint, resume=not args.no_resume,
@@ -119,7 +139,8 @@ def build_parser():
     train = commands.add_parser("train", help="train a model from scratch and save safetensors weights")
     train.add_argument("model", help="an entry under 'models' in the params file, e.g. plain_cnn")
     train.add_argument("--params", default="cpu", help="profile name in params/ or a YAML path (default: cpu)")
-    train.add_argument("--weights", help="output .safetensors path (default: the entry's, else weights/<model>.safetensors)")
+    train.add_argument("--weights", help="output .safetensors path (default: the entry's, else weights/<model>.safetensors; "
+                            "runs/quick/<model>.safetensors with --train-limit or --test-limit)")
     train.add_argument("--epochs", type=_positive_int, help="override the entry's number of epochs")
     train.add_argument("--batch-size", type=_positive_int, help="override the entry's batch size")
     train.add_argument("--seed", type=int, help="override the entry's seed")

@@ -87,8 +87,9 @@ def resolve_root(root=None, download=True):
             if not _has_batches(path):
                 raise DatasetError(
                     f"{source} is {value}, but {path / BATCHES_DIR} does not contain "
-                    f"{', '.join(TRAIN_FILES)} and {TEST_FILE}. Point it (or CIFAR10_ROOT) at the folder "
-                    f"that contains {BATCHES_DIR}/, or drop it to search data/ and ../shared/cifar10."
+                    f"{', '.join(TRAIN_FILES)} and {TEST_FILE}. Set {source} to the folder that contains "
+                    f"{BATCHES_DIR}/, or unset it to search {'' if source == 'CIFAR10_ROOT' else 'CIFAR10_ROOT, '}"
+                    f"data/ and ../shared/cifar10."
                 )
             return path
 

@@ -40,9 +40,16 @@ def resolve_device(device="auto"):
     """`auto` picks CUDA when available, else CPU; an explicit CUDA request without CUDA is an error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device {device!r} is invalid; use cpu, cuda, cuda:N or auto") from error
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device} is not supported; use cpu, cuda, cuda:N or auto")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device} requested but CUDA is not available in this PyTorch build; use --device cpu or auto")
+        # Either torch is a CPU-only build or it finds no GPU and driver.
+        raise RuntimeError(f"device {device} requested but torch finds no usable CUDA GPU "
+                           f"(CUDA build: {torch.version.cuda or 'none'}); use --device cpu or auto")
     return device
 
 

@@ -27,6 +27,12 @@ def load_params(path_or_profile):
     unknown = set(params) - TOP_LEVEL_KEYS
     if unknown:
         raise ValueError(f"{path} has unknown top-level key(s) {sorted(unknown)}; valid keys: {', '.join(sorted(TOP_LEVEL_KEYS))}")
+    threads = params.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"{path}: threads={threads!r} is invalid; use a positive whole number, e.g. 2, "
+                         f"or null for torch's default")
+    if not isinstance(params.get("device", "auto"), str):
+        raise ValueError(f"{path}: device={params['device']!r} is invalid; use cpu, cuda, cuda:N or auto")
     if not isinstance(params.get("models", {}), dict):
         raise ValueError(f"{path}: 'models' must be a mapping from entry name to settings, not a {type(params['models']).__name__}")
     return params

@@ -117,6 +117,17 @@ class TrainConfig:
             raise ValueError(f"time_budget_s={config.time_budget_s} is invalid; use 0 (no budget) or a positive number of seconds")
         if config.alternate_flip and not config.flip:
             raise ValueError("alternate_flip: true needs flip: true; set flip: false alone to train without flips")
+        if not (math.isfinite(config.lr) and config.lr > 0):
+            raise ValueError(f"lr={config.lr} is invalid; use a positive peak learning rate, e.g. 0.2")
+        if not 0 <= config.momentum < 1:
+            raise ValueError(f"momentum={config.momentum} is invalid; use a value in [0, 1), e.g. 0.9")
+        if config.weight_decay < 0:
+            raise ValueError(f"weight_decay={config.weight_decay} is invalid; use 0 or a positive value, e.g. 0.0005")
+        if not 0 <= config.label_smoothing < 1:
+            raise ValueError(f"label_smoothing={config.label_smoothing} is invalid; use a value in [0, 1), e.g. 0.1")
+        if not 0 <= config.warmup_fraction < 1 or not 0 <= config.final_lr_fraction <= 1:
+            raise ValueError(f"warmup_fraction={config.warmup_fraction} and final_lr_fraction={config.final_lr_fraction} "
+                             f"are shares of the run and of lr; use [0, 1) and [0, 1], e.g. 0.15 and 0")
         if config.bias_lr_scale <= 0:
             raise ValueError(f"bias_lr_scale={config.bias_lr_scale} is invalid; use a positive multiplier (1 keeps the LR)")
         return config
@@ -322,7 +333,7 @@ def train(model_name, model_config, config, train_split, test_split, device="cpu
                 if i > 0:
                     slowest_step = max(slowest_step, now - step_start)
                 # A step starts only if it would end within the budget even at the slowest pace seen.
-                # NOTE: the first step of a run has no pace to go by, so it always runs.
+                # NOTE: the first step has no pace to go by, so it runs unless the budget is already spent.
                 if elapsed + slowest_step >= config.time_budget_s:
                     out_of_time = True
                     break
@@ -394,7 +405,11 @@ def train(model_name, model_config, config, train_split, test_split, device="cpu
                 "train_images": len(train_split), "train_sha256": train_split.sha256, "epoch": epoch + 1, "train_seconds": train_seconds, "history": history, "scaler": scaler.state_dict(),
             }, tensors={"sample_loss": sample_loss})
         if out_of_time:
-            log.info("Time budget of %.0f s spent after %d steps of epoch %d", config.time_budget_s, steps_done, epoch + 1)
+            log.info("Time budget of %g s spent after %d steps of epoch %d", config.time_budget_s, steps_done, epoch + 1)
+            if train_seconds > config.time_budget_s:
+                # The first step runs with no pace to judge it by, and any step can be slower than all before it.
+                log.warning("Training took %.3g s, past time_budget_s=%g; raise the budget if this run was meant to be useful",
+                            train_seconds, config.time_budget_s)
             break
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
