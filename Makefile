@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Results log of benchmark-cpu; raw timings go to timings/ beside it.
+RESULTS ?= reports/results.csv
 
 .PHONY: setup test train-cpu benchmark-cpu table lab clean-venv
 
@@ -28,9 +30,9 @@ benchmark-cpu: setup
 	for model in plain_cnn mobilenet_v3_small; do \
 	  for threads in 2 1; do \
 	    $(BIN)/cifar10-latency benchmark weights/$$model.safetensors --device cpu --threads $$threads \
-	      --step cli_cpu --variant fp32_$${threads}thread || exit 1; \
+	      --step cli_cpu --variant fp32_$${threads}thread --results $(RESULTS) || exit 1; \
 	    $(BIN)/cifar10-latency benchmark weights/$$model.safetensors --device cpu --threads $$threads \
-	      --channels-last --step cli_cpu --variant fp32_cl_$${threads}thread || exit 1; \
+	      --channels-last --step cli_cpu --variant fp32_cl_$${threads}thread --results $(RESULTS) || exit 1; \
 	  done; \
 	done
 
