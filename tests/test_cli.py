@@ -190,6 +190,8 @@ def test_benchmark_logs_row(capsys, trained, tmp_path):
     assert df.loc[0, "measure_iters"] == 5
     assert df.loc[0, "weights"] == str(trained["weights"])
     assert "p95" in out
+    # The synthetic training set is smaller than CIFAR-10's, so the row marks the weights as a quick check.
+    assert "weights trained on" in df.loc[0, "notes"]
 
 
 def test_benchmark_timings_beside_results(capsys, trained, tmp_path, timings_requests):
@@ -293,6 +295,7 @@ def test_train_bad_train_option(capsys, tmp_path, cifar_str, checkpoint_stem):
 
     assert_clean_error(code, err)
     assert "learning_rate" in err
+    assert f"params {params}, entry 'tiny'" in err
 
 
 def test_train_muon_on_other_model_fails_before_data(capsys, tmp_path, checkpoint_stem):

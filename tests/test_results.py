@@ -176,6 +176,16 @@ def test_table_keeps_each_machine(tmp_path):
     assert sorted(table["device_name"]) == ["AMD EPYC (2 threads)", "Intel Xeon (2 threads)"]
 
 
+def test_table_old_thread_spelling_grouped(tmp_path):
+    path = tmp_path / "results.csv"
+    append_row(result_row("a", p95=5.0, device_name="AMD EPYC (1 threads)"), path)
+    append_row(result_row("a", p95=4.0, device_name="AMD EPYC (1 thread)"), path)
+
+    table = results_table(path)
+
+    assert table["latency_p95_ms"].tolist() == [4.0]
+
+
 def test_table_quick_check_kept_apart(tmp_path):
     path = tmp_path / "results.csv"
     append_row(result_row("a", p95=5.0, measure_iters=1000), path)

@@ -10,13 +10,14 @@ from pathlib import Path
 import torch
 
 from .benchmark import PRECISIONS, benchmark
-from .data import CLASSES, DatasetError, load_test
+from .data import CLASSES, TRAIN_IMAGES, DatasetError, load_test
 from .environment import resolve_device
 from .evaluate import evaluate
 from .experiment import PROJECT_ROOT, checkpoint_path_for, fit
 from .latency import DEFAULT_MEASURE_ITERS, DEFAULT_WARMUP_ITERS
 from .params import load_params, model_entry
 from .results import RESULTS_PATH, check_header, results_table, to_markdown
+from .train import TrainConfig
 from .weights import WeightsError, load_weights
 
 log = logging.getLogger("cifar10_latency")
@@ -68,6 +69,10 @@ def cmd_train(args):
     params = load_params(args.params)
     _set_threads(args.threads or params.get("threads"))
     arch, model_config, train_config, weights = model_entry(params, args.model)
+    try:
+        TrainConfig.from_dict(train_config)
+    except ValueError as error:
+        raise ValueError(f"params {args.params}, entry {args.model!r}: {error}") from None
     for key in ("epochs", "seed", "batch_size", "time_budget_s"):
         if getattr(args, key) is not None:
             train_config[key] = getattr(args, key)
@@ -110,11 +115,15 @@ def cmd_benchmark(args):
     device = resolve_device(args.device)
     model, info = load_weights(args.weights, device)
     test = load_test(args.data_root, device, limit=args.test_limit)
+    notes = ""
+    if info.get("train_images") and info["train_images"] < TRAIN_IMAGES:
+        # Weights from a quick check must not pass for a real run in the table.
+        notes = f"weights trained on {info['train_images']} images only"
     variant = args.variant or "_".join([args.precision] + ["channels_last"] * args.channels_last + ["tta"] * args.tta)
     row = benchmark(model, test, step=args.step, model_name=info["model"], variant=variant,
                     precision=args.precision, channels_last=args.channels_last, tta=args.tta,
                     warmup_iters=args.warmup_iters, measure_iters=args.measure_iters,
-                    seed=info.get("seed", ""), weights=str(args.weights), results_path=args.results,
+                    seed=info.get("seed", ""), weights=str(args.weights), notes=notes, results_path=args.results,
                     timings_dir=args.results.parent / "timings")
     print(f"{row['model']} [{row['variant']}] on {row['device_name']}: accuracy {row['accuracy']:.4f}, "
           f"mean {row['latency_mean_ms']:.3f} ms, p95 {row['latency_p95_ms']:.3f} ms, p99 {row['latency_p99_ms']:.3f} ms "

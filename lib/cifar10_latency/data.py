@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 BATCHES_DIR = "cifar-10-batches-py"
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_FILE = "test_batch"
+TRAIN_IMAGES, TEST_IMAGES = 50_000, 10_000
 NUM_CLASSES = 10
 IMAGE_SHAPE = (3, 32, 32)
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -169,7 +170,7 @@ def load_split(root, train, limit=None):
     images = torch.cat([p[0] for p in parts])
     labels = torch.cat([p[1] for p in parts])
 
-    expected = 50_000 if train else 10_000
+    expected = TRAIN_IMAGES if train else TEST_IMAGES
     if len(labels) != expected:
         log.warning("%s contains %d %s images, not the %d of CIFAR-10", folder, len(labels), "training" if train else "test", expected)
     if limit is not None:

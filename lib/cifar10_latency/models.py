@@ -145,7 +145,8 @@ MODELS = {
 def build_model(name, **config):
     """Build a registered model with random weights; `config` goes to its builder."""
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(MODELS)}")
+        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(MODELS)} "
+                         f"(a params entry with another name sets one with `arch:`)")
     accepted = sorted(inspect.signature(MODELS[name]).parameters)
     unknown = sorted(set(config) - set(accepted))
     if unknown:
