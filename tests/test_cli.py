@@ -484,3 +484,15 @@ def test_quick_train_keeps_entry_weights(capsys, tmp_path, monkeypatch, cifar_st
     assert entry_weights.read_bytes() == b"real weights"
     assert quick.is_file()
     assert str(quick) in out
+
+
+def test_bad_override_fails_before_data(capsys, tmp_path, checkpoint_stem):
+    params = write_params(tmp_path / "params.yaml")
+
+    code, _, err = run_cli(capsys, ["train", "tiny", "--params", params, "--time-budget", -1,
+                                    "--weights", tmp_path / f"{checkpoint_stem}.safetensors",
+                                    "--data-root", tmp_path / "no-data"])
+
+    assert_clean_error(code, err)
+    assert "time_budget_s=-1.0 is invalid" in err
+    assert "command-line overrides" in err

@@ -58,8 +58,8 @@ def _set_threads(threads):
     # A fixed intra-op thread count makes CPU timings comparable between runs; it is logged with each row.
     if threads:
         torch.set_num_threads(threads)
-    cores = os.cpu_count() or 0
-    if torch.get_num_threads() > cores:
+    cores = os.cpu_count()
+    if cores and torch.get_num_threads() > cores:
         log.warning("%d threads on %d CPU cores: threads will wait for each other and timings will suffer; "
                     "use --threads %d or fewer", torch.get_num_threads(), cores, cores)
     log.info("torch uses %d intra-op threads", torch.get_num_threads())
@@ -69,13 +69,13 @@ def cmd_train(args):
     params = load_params(args.params)
     _set_threads(args.threads or params.get("threads"))
     arch, model_config, train_config, weights = model_entry(params, args.model)
-    try:
-        TrainConfig.from_dict(train_config)
-    except ValueError as error:
-        raise ValueError(f"params {args.params}, entry {args.model!r}: {error}") from None
     for key in ("epochs", "seed", "batch_size", "time_budget_s"):
         if getattr(args, key) is not None:
             train_config[key] = getattr(args, key)
+    try:
+        train_config = TrainConfig.from_dict(train_config)
+    except ValueError as error:
+        raise ValueError(f"params {args.params}, entry {args.model!r} (with its command-line overrides): {error}") from None
     if args.weights:
         weights = Path(args.weights)
     elif args.train_limit or args.test_limit:

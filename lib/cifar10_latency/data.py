@@ -86,11 +86,13 @@ def resolve_root(root=None, download=True):
             if path.name == BATCHES_DIR:
                 path = path.parent
             if not _has_batches(path):
+                later_roots = "data/ and ../shared/cifar10"
+                if source != "CIFAR10_ROOT":
+                    later_roots = "CIFAR10_ROOT, " + later_roots
                 raise DatasetError(
                     f"{source} is {value}, but {path / BATCHES_DIR} does not contain "
                     f"{', '.join(TRAIN_FILES)} and {TEST_FILE}. Set {source} to the folder that contains "
-                    f"{BATCHES_DIR}/, or unset it to search {'' if source == 'CIFAR10_ROOT' else 'CIFAR10_ROOT, '}"
-                    f"data/ and ../shared/cifar10."
+                    f"{BATCHES_DIR}/, or unset it to search {later_roots}."
                 )
             return path
 

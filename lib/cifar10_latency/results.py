@@ -125,7 +125,7 @@ def results_table(path=RESULTS_PATH, latest_only=True):
     """
     df = read_results(path)
     df["notes"] = df["notes"].astype(object).fillna("")
-    # Rows logged before the singular fix read "(1 threads)"; spelled alike, they group with newer rows.
+    # Older rows spell one thread "(1 threads)". Reading it as "(1 thread)" groups them with newer rows.
     df["device_name"] = df["device_name"].astype(str).str.replace("(1 threads)", "(1 thread)", regex=False)
     if latest_only and len(df):
         df = df.sort_values("timestamp", kind="stable").drop_duplicates(VARIANT_KEY, keep="last")

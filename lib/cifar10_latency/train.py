@@ -125,9 +125,10 @@ class TrainConfig:
             raise ValueError(f"weight_decay={config.weight_decay} is invalid; use 0 or a positive value, e.g. 0.0005")
         if not 0 <= config.label_smoothing < 1:
             raise ValueError(f"label_smoothing={config.label_smoothing} is invalid; use a value in [0, 1), e.g. 0.1")
-        if not 0 <= config.warmup_fraction < 1 or not 0 <= config.final_lr_fraction <= 1:
-            raise ValueError(f"warmup_fraction={config.warmup_fraction} and final_lr_fraction={config.final_lr_fraction} "
-                             f"are shares of the run and of lr; use [0, 1) and [0, 1], e.g. 0.15 and 0")
+        if not 0 <= config.warmup_fraction < 1:
+            raise ValueError(f"warmup_fraction={config.warmup_fraction} is invalid; use a share of the steps in [0, 1), e.g. 0.15")
+        if not 0 <= config.final_lr_fraction <= 1:
+            raise ValueError(f"final_lr_fraction={config.final_lr_fraction} is invalid; use a share of lr in [0, 1], e.g. 0")
         if config.bias_lr_scale <= 0:
             raise ValueError(f"bias_lr_scale={config.bias_lr_scale} is invalid; use a positive multiplier (1 keeps the LR)")
         return config
